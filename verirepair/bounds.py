@@ -1,0 +1,212 @@
+"""Sound output bounds over a batch of input boxes.
+
+Three methods, one call shape ``method(layers, lower, upper, ...)``:
+
+- :func:`interval_bounds` — interval bound propagation (IBP).
+- :func:`symbolic_bounds` — forward linear bounds in terms of the input (symbolic
+  intervals, DeepPoly/CROWN-style ReLU relaxation), intersected with IBP; cheap when the
+  input dimension is small. Gives the pre-activation bounds of every hidden layer.
+- :func:`spec_lower_bounds` — backward linear relaxation (CROWN) of ``C @ y - d`` using
+  given hidden-layer bounds; returns the lower bounds and the input-space linear
+  coefficients (used to choose split dimensions and candidate counterexamples).
+
+Soundness under floating point: all arithmetic is float64 on float32-exact weights and
+every concrete bound is widened outward by ``REL_MARGIN`` times the magnitude of the terms
+that produced it (plus ``ABS_MARGIN``). This is many orders of magnitude above the float64
+rounding error of these sums, so rounding cannot turn an unprovable bound into a proof.
+Reference: Zhang et al., "Efficient Neural Network Robustness Certification with General
+Activation Functions" (CROWN), NeurIPS 2018; Singh et al., DeepPoly, POPL 2019.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+Layers = list[tuple[Tensor, Tensor]]
+
+REL_MARGIN = 1e-10
+ABS_MARGIN = 1e-12
+
+
+@dataclass(frozen=True)
+class HiddenBounds:
+    """Pre-activation bounds of every hidden layer, each (N, width)."""
+
+    lower: tuple[Tensor, ...]
+    upper: tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class SpecBounds:
+    """Lower bounds of ``C @ f(x) - d`` per box and row, with their input coefficients."""
+
+    lower: Tensor  # (N, R)
+    coef: Tensor  # (N, R, n_in): lower >= coef @ x + const on the box
+
+
+def _outward(value: Tensor, magnitude: Tensor, direction: float) -> Tensor:
+    return value + direction * (REL_MARGIN * magnitude + ABS_MARGIN)
+
+
+def _affine_interval(w: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    mid = (hi + lo) / 2
+    rad = (hi - lo) / 2
+    c = mid @ w.T + b
+    r = rad @ w.abs().T
+    mag = mid.abs() @ w.abs().T + r + b.abs()
+    return _outward(c - r, mag, -1.0), _outward(c + r, mag, 1.0)
+
+
+def interval_bounds(layers: Layers, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+    """IBP bounds of the network output over boxes (N, n_in) -> two (N, n_out)."""
+    lo, hi = lower, upper
+    for i, (w, b) in enumerate(layers):
+        lo, hi = _affine_interval(w, b, lo, hi)
+        if i < len(layers) - 1:
+            lo, hi = lo.clamp_min(0), hi.clamp_min(0)
+    return lo, hi
+
+
+def _augment(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Box in homogeneous form: mid' = (mid, 1), rad' = (rad, 0), and |mid'| + rad'."""
+    n = lower.shape[0]
+    one = torch.ones((n, 1), dtype=lower.dtype)
+    mid = torch.cat([(upper + lower) / 2, one], dim=1)
+    rad = torch.cat([(upper - lower) / 2, torch.zeros_like(one)], dim=1)
+    return mid, rad, mid.abs() + rad
+
+
+def _range(coef: Tensor, mid: Tensor, rad: Tensor, size: Tensor
+           ) -> tuple[Tensor, Tensor]:
+    """Outward-widened [min, max] of the linear functions ``coef`` (N, n+1, m) on the box."""
+    absc = coef.abs()
+    centre = torch.bmm(mid.unsqueeze(1), coef).squeeze(1)
+    spread = torch.bmm(rad.unsqueeze(1), absc).squeeze(1)
+    mag = torch.bmm(size.unsqueeze(1), absc).squeeze(1)
+    return _outward(centre - spread, mag, -1.0), _outward(centre + spread, mag, 1.0)
+
+
+def _relu_forward(lo_f: Tensor, up_f: Tensor, l: Tensor, u: Tensor, mid: Tensor,
+                  rad: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
+    """Relax relu(z) for L(x) <= z <= U(x), l <= z <= u; returns new (L, U) functions.
+
+    Functions are (N, n+1, m) with the constant in the last input row.
+    """
+    # Upper: relu(z) <= relu(U(x)) <= chord of relu over [min U, max U] applied to U(x).
+    lu, uu = _range(up_f, mid, rad, size)
+    dead = u <= 0
+    straddle = (lu < 0) & (uu > 0) & ~dead
+    s_up = torch.where(dead, torch.zeros_like(u),
+                       torch.where(straddle, uu / (uu - lu).clamp_min(1e-300),
+                                   (lu >= 0).to(u.dtype)))
+    new_up = up_f * s_up.unsqueeze(1)
+    new_up[:, -1, :] -= torch.where(straddle, s_up * lu, torch.zeros_like(u))
+    # Lower: relu(z) >= alpha * L(x) for any alpha in [0, 1]; 1 if mostly active else 0.
+    ul = torch.minimum(_range(lo_f, mid, rad, size)[1], u)
+    alpha = torch.where(l >= 0, torch.ones_like(l),
+                        torch.where(ul <= 0, torch.zeros_like(l), (ul > -l).to(l.dtype)))
+    return lo_f * alpha.unsqueeze(1), new_up
+
+
+def _affine_forward(lo_f: Tensor, up_f: Tensor, w: Tensor, b: Tensor
+                    ) -> tuple[Tensor, Tensor]:
+    n, k, m = lo_f.shape
+    wp, wn = w.clamp_min(0).T, w.clamp_max(0).T
+    flat_lo, flat_up = lo_f.reshape(n * k, m), up_f.reshape(n * k, m)
+    new_lo = (flat_lo @ wp + flat_up @ wn).reshape(n, k, -1)
+    new_up = (flat_up @ wp + flat_lo @ wn).reshape(n, k, -1)
+    new_lo[:, -1, :] += b
+    new_up[:, -1, :] += b
+    return new_lo, new_up
+
+
+def symbolic_bounds(layers: Layers, lower: Tensor, upper: Tensor) -> HiddenBounds:
+    """Pre-activation bounds of every hidden layer by forward symbolic propagation.
+
+    Requires: boxes (N, n_in) with lower <= upper. Returns HiddenBounds for the
+    len(layers) - 1 hidden layers. Sound: yes (outward-widened float64), intersected with
+    interval bounds.
+    """
+    mid, rad, size = _augment(lower, upper)
+    n = lower.shape[0]
+    w0, b0 = layers[0]
+    first = torch.cat([w0.T, b0.unsqueeze(0)], dim=0).unsqueeze(0).expand(n, -1, -1)
+    lo_f, up_f = first, first
+    ibp_lo, ibp_hi = lower, upper
+    lows: list[Tensor] = []
+    ups: list[Tensor] = []
+    for i in range(len(layers) - 1):
+        w, b = layers[i]
+        ibp_lo, ibp_hi = _affine_interval(w, b, ibp_lo, ibp_hi)
+        if i > 0:
+            lo_f, up_f = _affine_forward(lo_f, up_f, w, b)
+        l = torch.maximum(_range(lo_f, mid, rad, size)[0], ibp_lo)
+        u = torch.minimum(_range(up_f, mid, rad, size)[1], ibp_hi)
+        u = torch.maximum(u, l)
+        lows.append(l)
+        ups.append(u)
+        ibp_lo, ibp_hi = l.clamp_min(0), u.clamp_min(0)
+        lo_f, up_f = _relu_forward(lo_f, up_f, l, u, mid, rad, size)
+    return HiddenBounds(tuple(lows), tuple(ups))
+
+
+def spec_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Tensor, upper: Tensor,
+                      c: Tensor, d: Tensor) -> SpecBounds:
+    """CROWN lower bounds of ``c @ f(x) - d`` for every box and row.
+
+    Requires: hidden bounds valid on these boxes; c (R, n_out), d (R,).
+    Returns: SpecBounds; sound (outward-widened float64); exact when no ReLU is unstable.
+    """
+    n = lower.shape[0]
+    w_last, b_last = layers[-1]
+    lam = (c @ w_last).unsqueeze(0).expand(n, -1, -1)  # (N, R, width)
+    const = (c @ b_last - d).unsqueeze(0).expand(n, -1)
+    mag = (c.abs() @ b_last.abs() + d.abs()).unsqueeze(0).expand(n, -1)
+    for k in range(len(layers) - 2, -1, -1):
+        l, u = hidden.lower[k], hidden.upper[k]
+        unstable = (l < 0) & (u > 0)
+        s_up = torch.where(unstable, u / (u - l).clamp_min(1e-300), (l >= 0).to(l.dtype))
+        alpha = torch.where(unstable, (u > -l).to(l.dtype), (l >= 0).to(l.dtype))
+        lam_pos, lam_neg = lam.clamp_min(0), lam.clamp_max(0)
+        shift = torch.where(unstable, -s_up * l, torch.zeros_like(l))  # (N, width)
+        const = const + torch.einsum("nrj,nj->nr", lam_neg, shift)
+        mag = mag + torch.einsum("nrj,nj->nr", lam_neg.abs(), shift.abs())
+        lam = lam_pos * alpha.unsqueeze(1) + lam_neg * s_up.unsqueeze(1)
+        w, b = layers[k]
+        const = const + lam @ b
+        mag = mag + lam.abs() @ b.abs()
+        lam = lam @ w
+    mid = (upper + lower) / 2
+    rad = (upper - lower) / 2
+    centre = torch.einsum("nri,ni->nr", lam, mid)
+    spread = torch.einsum("nri,ni->nr", lam.abs(), rad)
+    mag = mag + torch.einsum("nri,ni->nr", lam.abs(), mid.abs()) + spread
+    lower_bound = _outward(centre + const - spread, mag, -1.0)
+    return SpecBounds(lower=lower_bound, coef=lam)
+
+
+def gradient_smear(layers: Layers, hidden: HiddenBounds, out_weight: Tensor,
+                   lower: Tensor, upper: Tensor) -> Tensor:
+    """ReluVal's smear: width_i x max |d(out_weight @ f)/dx_i| over the box, per box.
+
+    ``out_weight`` (N, n_out) is the output combination whose sensitivity matters. The
+    gradient is bounded by interval arithmetic through the ReLU derivative intervals
+    given by the hidden bounds ([1,1] active, [0,0] inactive, [0,1] unstable). Used only
+    to choose split dimensions (no soundness role).
+    """
+    w_last, _ = layers[-1]
+    g_lo = out_weight @ w_last
+    g_hi = g_lo
+    for k in range(len(layers) - 2, -1, -1):
+        l, u = hidden.lower[k], hidden.upper[k]
+        d_lo = (l >= 0).to(l.dtype)
+        d_hi = (u > 0).to(u.dtype)
+        g_lo, g_hi = (torch.where(g_lo >= 0, g_lo * d_lo, g_lo * d_hi),
+                      torch.where(g_hi >= 0, g_hi * d_hi, g_hi * d_lo))
+        w = layers[k][0]
+        wp, wn = w.clamp_min(0), w.clamp_max(0)
+        g_lo, g_hi = g_lo @ wp + g_hi @ wn, g_hi @ wp + g_lo @ wn
+    return torch.maximum(g_lo.abs(), g_hi.abs()) * (upper - lower)

@@ -1,0 +1,124 @@
+"""Command line: ``verirepair check`` (and later ``repair``).
+
+Bad input is reported as one line on stderr with a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from verirepair import __version__
+from verirepair.errors import InputFileError, VerirepairError
+from verirepair.network import load_network
+from verirepair.report import human_text, json_text, result_dict, vnncomp_text, write_atomic
+from verirepair.spec import load_spec
+from verirepair.verify.engine import ENGINES, VerifyOptions, verify
+from verirepair.verify.types import Stats, Verdict
+
+EXIT_HOLDS = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_VIOLATED = 10
+EXIT_UNKNOWN = 20
+EXIT_TIMEOUT = 21
+
+VERDICT_EXIT = {
+    Verdict.HOLDS: EXIT_HOLDS,
+    Verdict.VIOLATED: EXIT_VIOLATED,
+    Verdict.UNKNOWN: EXIT_UNKNOWN,
+    Verdict.TIMEOUT: EXIT_TIMEOUT,
+}
+
+EXIT_CODES_HELP = f"""exit codes:
+  {EXIT_HOLDS}   holds      the property is proven (no input in the region is unsafe)
+  {EXIT_VIOLATED}  violated   a counterexample was found and re-checked in onnxruntime
+  {EXIT_UNKNOWN}  unknown    no decision (reason printed)
+  {EXIT_TIMEOUT}  timeout    the time limit ended the search
+  {EXIT_BAD_INPUT}   bad input  missing/malformed file, unsupported operator, mismatch
+  {EXIT_INTERNAL}   internal   a bug in verirepair (please report it)
+"""
+
+log = logging.getLogger("verirepair")
+
+
+def _progress_printer(quiet: bool) -> Callable[[Stats, int], None] | None:
+    if quiet:
+        return None
+
+    def show(stats: Stats, queue: int) -> None:
+        print(f"[verirepair] {stats.seconds:7.1f} s  boxes {stats.boxes:>10,}  "
+              f"open {queue:>9,}", file=sys.stderr, flush=True)
+    return show
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    network = load_network(args.model)
+    spec = load_spec(args.property)
+    if args.result_file:
+        _check_writable(Path(args.result_file))
+    options = VerifyOptions(timeout=args.timeout, engine=args.engine)
+    result = verify(network, spec, options, _progress_printer(args.quiet))
+    if args.result_file:
+        write_atomic(args.result_file, vnncomp_text(result))
+    if args.json:
+        print(json_text(result_dict(result, str(args.model), str(args.property))))
+    else:
+        print(human_text(result))
+    return VERDICT_EXIT[result.verdict]
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputFileError(f"{path}: folder '{parent}' does not exist")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="verirepair",
+        description="Sound verification and proof-backed repair of ReLU networks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES_HELP)
+    parser.add_argument("--version", action="version", version=f"verirepair {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser(
+        "check", help="prove a property or find a counterexample",
+        description="Prove that no input in the VNN-LIB region reaches the unsafe outputs, "
+                    "or find a counterexample (re-checked in onnxruntime).",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES_HELP)
+    check.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
+    check.add_argument("property", help="VNN-LIB property (.vnnlib or .vnnlib.gz)")
+    check.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+    check.add_argument("--engine", choices=sorted(ENGINES), default="bab")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.add_argument("--result-file", help="write the VNN-COMP result file here")
+    check.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    check.add_argument("--threads", type=int, default=0,
+                       help="torch threads (default: all cores)")
+    check.set_defaults(run=_cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    try:
+        return args.run(args)
+    except VerirepairError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

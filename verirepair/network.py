@@ -1,0 +1,438 @@
+"""ONNX front-end: load a model and lower it to an :class:`AffineReluNet`.
+
+The original ONNX model is kept untouched (repair writes it back with only the patched
+initializers replaced). Lowering walks the graph once: every operator between two ReLUs is
+affine in the input-dependent tensor, so each segment is summarised exactly by pushing the
+unit basis through its *linear part* (biases dropped) and the zero vector through the full
+operator (biases kept), in float64. Operators are dispatched through ``OPS``; adding one is
+one table entry.
+
+Convention inside the interpreter: every input-dependent tensor carries a leading batch
+dimension; constants carry none.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from verirepair.errors import InputFileError, ModelError
+from verirepair.net_types import Affine, AffineReluNet
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Which ONNX nodes and initializers one lowered affine layer came from."""
+
+    node_names: tuple[str, ...]
+    initializers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Network:
+    """A loaded ONNX model together with its exact lowered affine/ReLU view."""
+
+    source: str
+    model: onnx.ModelProto
+    input_name: str
+    input_shape: tuple[int, ...]
+    output_name: str
+    net: AffineReluNet
+    segments: tuple[Segment, ...]
+
+    @property
+    def n_inputs(self) -> int:
+        return self.net.n_inputs
+
+    @property
+    def n_outputs(self) -> int:
+        return self.net.n_outputs
+
+
+# --------------------------------------------------------------------------- operators
+# An op gets (inputs, attrs, linear_only). ``inputs`` holds torch tensors (float64) or
+# None for absent optional inputs. ``linear_only`` asks for the linear part of an affine
+# op: additive constants are dropped. Inputs marked dynamic carry a batch dimension.
+
+OpFn = Callable[[list, dict, list, bool], Tensor]
+
+
+def _attr_dict(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _op_matmul(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
+    a, b = xs
+    if dyn[1]:
+        raise ModelError("MatMul with an input-dependent right operand is not supported")
+    return torch.matmul(a, b)
+
+
+def _op_gemm(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
+    a, b = xs[0], xs[1]
+    c = xs[2] if len(xs) > 2 else None
+    if dyn[1] or attrs.get("transA", 0):
+        raise ModelError("Gemm with transA=1 or an input-dependent B is not supported")
+    if attrs.get("transB", 0):
+        b = b.T
+    y = float(attrs.get("alpha", 1.0)) * torch.matmul(a, b)
+    if c is not None and not linear_only:
+        y = y + float(attrs.get("beta", 1.0)) * c
+    return y
+
+
+def _binary_affine(kind: str) -> OpFn:
+    def op(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
+        a, b = xs
+        if dyn[0] and dyn[1]:
+            raise ModelError(f"{kind} of two input-dependent tensors is not supported "
+                             "(only feed-forward chains)")
+        if kind in ("Add", "Sub"):
+            sign = -1.0 if (kind == "Sub" and dyn[1]) else 1.0
+            x, c = (a, b) if dyn[0] else (b, a)
+            if linear_only:
+                return sign * x + torch.zeros_like(c)
+            return a + b if kind == "Add" else a - b
+        if kind == "Mul":
+            return a * b
+        if dyn[1]:
+            raise ModelError("Div by an input-dependent tensor is not supported")
+        return a / b
+    return op
+
+
+def _op_relu(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
+    return torch.relu(xs[0])
+
+
+def _op_identity(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
+    return xs[0]
+
+
+def _op_flatten(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
+    x = xs[0]
+    axis = int(attrs.get("axis", 1))
+    if not dyn[0]:
+        axis = axis % max(x.dim(), 1)
+        lead = int(np.prod(x.shape[:axis])) if axis else 1
+        return x.reshape(lead, -1)
+    if axis < 0:
+        axis += x.dim()
+    if axis > 1 and int(np.prod(x.shape[1:axis])) != 1:
+        raise ModelError(f"Flatten with axis={axis} mixes the batch dimension")
+    return x.reshape(x.shape[0], -1)
+
+
+def _op_reshape(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
+    x, shape = xs[0], [int(s) for s in xs[1].tolist()]
+    if not dyn[0]:
+        return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape)])
+    if len(shape) == 1:
+        return x.reshape(x.shape[0], -1)
+    if shape[0] not in (1, -1, 0):
+        raise ModelError(f"Reshape to {shape} changes the batch dimension")
+    rest = [x.shape[i] if s == 0 else s for i, s in enumerate(shape[1:], start=1)]
+    return x.reshape(x.shape[0], *rest)
+
+
+def _op_transpose(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
+    x = xs[0]
+    perm = list(attrs.get("perm", list(reversed(range(x.dim())))))
+    if dyn[0] and perm[0] != 0:
+        raise ModelError(f"Transpose with perm={perm} moves the batch dimension")
+    return x.permute(*perm)
+
+
+def _op_conv(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
+    x, w = xs[0], xs[1]
+    bias = xs[2] if len(xs) > 2 and not linear_only else None
+    if dyn[1]:
+        raise ModelError("Conv with input-dependent weights is not supported")
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise ModelError("Conv with auto_pad is not supported (use explicit pads)")
+    spatial = w.dim() - 2
+    pads = list(attrs.get("pads", [0] * 2 * spatial))
+    begin, end = pads[:spatial], pads[spatial:]
+    if begin != end:
+        pad_arg: list[int] = []
+        for b_, e_ in reversed(list(zip(begin, end))):
+            pad_arg += [b_, e_]
+        x = F.pad(x, pad_arg)
+        begin = [0] * spatial
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(spatial)
+    if conv is None:
+        raise ModelError(f"Conv with {spatial} spatial dimensions is not supported")
+    return conv(x, w, bias, stride=list(attrs.get("strides", [1] * spatial)),
+                padding=begin, dilation=list(attrs.get("dilations", [1] * spatial)),
+                groups=int(attrs.get("group", 1)))
+
+
+def _op_batchnorm(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
+    x, scale, bias, mean, var = xs[:5]
+    eps = float(attrs.get("epsilon", 1e-5))
+    factor = scale / torch.sqrt(var + eps)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    y = x * factor.reshape(shape)
+    if not linear_only:
+        y = y + (bias - mean * factor).reshape(shape)
+    return y
+
+
+OPS: dict[str, OpFn] = {
+    "MatMul": _op_matmul,
+    "Gemm": _op_gemm,
+    "Add": _binary_affine("Add"),
+    "Sub": _binary_affine("Sub"),
+    "Mul": _binary_affine("Mul"),
+    "Div": _binary_affine("Div"),
+    "Relu": _op_relu,
+    "Identity": _op_identity,
+    "Dropout": _op_identity,
+    "Flatten": _op_flatten,
+    "Reshape": _op_reshape,
+    "Transpose": _op_transpose,
+    "Conv": _op_conv,
+    "BatchNormalization": _op_batchnorm,
+}
+
+
+def _check_mul_linear(node: onnx.NodeProto, dyn: list[bool]) -> None:
+    if node.op_type == "Mul" and all(dyn[:2]):
+        raise ModelError(f"node '{node.name or node.output[0]}': Mul of two input-dependent "
+                         "tensors is not linear and not supported")
+
+
+# --------------------------------------------------------------------------- loading
+
+def _read_model(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise InputFileError(f"{path}: model file not found")
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+        return onnx.load_from_string(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise InputFileError(f"{path}: cannot read model: {exc}") from None
+    except Exception as exc:  # protobuf raises its own DecodeError types
+        raise InputFileError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
+
+
+def _initializers(graph: onnx.GraphProto, source: str) -> dict[str, np.ndarray]:
+    values: dict[str, np.ndarray] = {}
+    for init in graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise ModelError(f"{source}: initializer '{init.name}' has non-finite values "
+                             "(NaN or Inf)")
+        values[init.name] = arr
+    return values
+
+
+def _shape_of(value_info: onnx.ValueInfoProto) -> tuple[int, ...]:
+    dims = value_info.type.tensor_type.shape.dim
+    return tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else 1
+                 for d in dims)
+
+
+def _to_torch(arr: np.ndarray) -> Tensor:
+    if arr.dtype.kind in "iub":
+        return torch.from_numpy(np.array(arr, dtype=np.int64))
+    return torch.from_numpy(np.array(arr, dtype=np.float64))
+
+
+class _Lowering:
+    """State of one pass over the graph: constants, the running affine map, segments."""
+
+    def __init__(self, source: str, input_name: str, input_shape: tuple[int, ...],
+                 consts: dict[str, np.ndarray]) -> None:
+        self.source = source
+        self.consts: dict[str, Tensor] = {k: _to_torch(v) for k, v in consts.items()}
+        self.dynamic_name = input_name
+        inner = input_shape[1:] if len(input_shape) > 1 else input_shape
+        self._start_segment(tuple(inner))
+        self.layers: list[Affine] = []
+        self.segments: list[Segment] = []
+
+    def _start_segment(self, shape: tuple[int, ...]) -> None:
+        n = int(np.prod(shape)) if shape else 1
+        self.lin = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
+        self.off = torch.zeros((1, *shape), dtype=torch.float64)
+        self.seg_nodes: list[str] = []
+        self.seg_inits: list[str] = []
+
+    def _close_segment(self) -> None:
+        n_in = self.lin.shape[0]
+        weight = self.lin.reshape(n_in, -1).T.contiguous().numpy()
+        bias = self.off.reshape(-1).numpy().copy()
+        self.layers.append(Affine(weight=weight, bias=bias))
+        self.segments.append(Segment(tuple(self.seg_nodes), tuple(self.seg_inits)))
+
+    def _node_label(self, node: onnx.NodeProto) -> str:
+        return f"{self.source}: node '{node.name or node.output[0]}' ({node.op_type})"
+
+    def visit(self, node: onnx.NodeProto) -> None:
+        if node.op_type == "Constant":
+            self._constant(node)
+            return
+        fn = OPS.get(node.op_type)
+        if fn is None:
+            raise ModelError(f"{self._node_label(node)}: unsupported operator "
+                             f"'{node.op_type}' (supported: {', '.join(sorted(OPS))}, "
+                             "Constant)")
+        names = [n for n in node.input]
+        dyn = [n == self.dynamic_name for n in names]
+        missing = [n for n, d in zip(names, dyn) if n and not d and n not in self.consts]
+        if missing:
+            raise ModelError(f"{self._node_label(node)}: input '{missing[0]}' is neither "
+                             "a constant nor the running tensor (graph is not a "
+                             "feed-forward chain)")
+        attrs = _attr_dict(node)
+        if not any(dyn):
+            xs = [self.consts[n] if n else None for n in names]
+            self.consts[node.output[0]] = fn(xs, attrs, dyn, False)
+            return
+        _check_mul_linear(node, dyn)
+        try:
+            self._apply_dynamic(node, fn, names, dyn, attrs)
+        except ModelError as exc:
+            raise ModelError(f"{self._node_label(node)}: {exc}") from None
+        except RuntimeError as exc:
+            msg = str(exc).splitlines()[0]
+            raise ModelError(f"{self._node_label(node)}: shape error: {msg}") from None
+
+    def _apply_dynamic(self, node: onnx.NodeProto, fn: OpFn, names: list[str],
+                       dyn: list[bool], attrs: dict) -> None:
+        self.dynamic_name = node.output[0]
+        if node.op_type == "Relu":
+            self._close_segment()
+            self._start_segment(tuple(self.off.shape[1:]))
+            return
+        self.seg_nodes.append(node.name or node.output[0])
+        self.seg_inits.extend(n for n, d in zip(names, dyn) if n and not d)
+
+        def run(x: Tensor, linear_only: bool) -> Tensor:
+            xs = [x if d else (self.consts[n] if n else None) for n, d in zip(names, dyn)]
+            return fn(xs, attrs, dyn, linear_only)
+
+        self.lin = run(self.lin, True)
+        self.off = run(self.off, False)
+
+    def _constant(self, node: onnx.NodeProto) -> None:
+        attrs = {a.name: a for a in node.attribute}
+        if "value" not in attrs:
+            raise ModelError(f"{self._node_label(node)}: only Constant with 'value' is "
+                             "supported")
+        arr = numpy_helper.to_array(attrs["value"].t)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise ModelError(f"{self._node_label(node)}: non-finite constant values")
+        self.consts[node.output[0]] = _to_torch(arr)
+
+    def finish(self, output_name: str) -> tuple[AffineReluNet, tuple[Segment, ...]]:
+        if self.dynamic_name != output_name:
+            raise ModelError(f"{self.source}: graph output '{output_name}' does not depend "
+                             "on the input through a single chain")
+        self._close_segment()
+        return AffineReluNet(tuple(self.layers)), tuple(self.segments)
+
+
+def _graph_input(graph: onnx.GraphProto, consts: dict, source: str) -> onnx.ValueInfoProto:
+    real = [i for i in graph.input if i.name not in consts]
+    if len(real) != 1:
+        raise ModelError(f"{source}: expected exactly one graph input, found "
+                         f"{[i.name for i in real]}")
+    return real[0]
+
+
+def _check_consumers(graph: onnx.GraphProto, consts: dict, source: str) -> None:
+    """Reject graphs where an input-dependent tensor feeds two nodes (no branching)."""
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in set(node.input):
+            uses[name] = uses.get(name, 0) + 1
+    for name, count in uses.items():
+        if count > 1 and name not in consts:
+            produced = any(name in n.output and n.op_type == "Constant" for n in graph.node)
+            if not produced:
+                raise ModelError(f"{source}: tensor '{name}' feeds {count} nodes; only "
+                                 "feed-forward chains are supported")
+
+
+def load_network(path: str | Path) -> Network:
+    """Load an ONNX (or .onnx.gz) file and lower it. Raises a VerirepairError on bad input."""
+    path = Path(path)
+    source = str(path)
+    model = _read_model(path)
+    graph = model.graph
+    consts = _initializers(graph, source)
+    inp = _graph_input(graph, consts, source)
+    if len(graph.output) != 1:
+        raise ModelError(f"{source}: expected exactly one graph output, found "
+                         f"{len(graph.output)}")
+    _check_consumers(graph, consts, source)
+    input_shape = _shape_of(inp) or (1,)
+    lowering = _Lowering(source, inp.name, input_shape, consts)
+    for node in graph.node:
+        lowering.visit(node)
+    net, segments = lowering.finish(graph.output[0].name)
+    if not all(np.all(np.isfinite(l.weight)) and np.all(np.isfinite(l.bias))
+               for l in net.layers):
+        raise ModelError(f"{source}: lowered network has non-finite weights")
+    return Network(source=source, model=model, input_name=inp.name,
+                   input_shape=input_shape, output_name=graph.output[0].name, net=net,
+                   segments=segments)
+
+
+# --------------------------------------------------------------------------- runtime
+
+def onnx_session(model: onnx.ModelProto):
+    """An onnxruntime session on the given model (single-threaded, CPU)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), sess_options=opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(network: Network, x: np.ndarray, session=None) -> np.ndarray:
+    """Evaluate the ORIGINAL ONNX model on flattened float32 inputs (N, n) -> (N, m)."""
+    sess = session or onnx_session(network.model)
+    x = np.asarray(x, dtype=np.float32).reshape(-1, network.n_inputs)
+    shape = list(network.input_shape)
+    outs = []
+    for row in x:  # VNN-COMP models usually fix the batch size at 1
+        feed = {network.input_name: row.reshape(shape)}
+        outs.append(np.asarray(sess.run(None, feed)[0], dtype=np.float32).reshape(-1))
+    return np.stack(outs) if outs else np.zeros((0, network.n_outputs), np.float32)
+
+
+def torch_layers(net: AffineReluNet, dtype: torch.dtype = torch.float64
+                 ) -> list[tuple[Tensor, Tensor]]:
+    """The torch view of the lowered network: (weight, bias) per layer."""
+    return [(torch.as_tensor(l.weight, dtype=dtype), torch.as_tensor(l.bias, dtype=dtype))
+            for l in net.layers]
+
+
+def torch_forward(layers: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
+    """Batched forward pass; ReLU after all but the last layer."""
+    h = x
+    last = len(layers) - 1
+    for i, (w, b) in enumerate(layers):
+        h = torch.addmm(b, h, w.T)
+        if i < last:
+            h = torch.relu(h)
+    return h
+

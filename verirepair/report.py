@@ -1,0 +1,90 @@
+"""Reporting at the edge: VNN-COMP result files, JSON and human-readable summaries."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from verirepair.verify.types import Result, Verdict
+
+VNNCOMP_WORD = {
+    Verdict.HOLDS: "unsat",
+    Verdict.VIOLATED: "sat",
+    Verdict.UNKNOWN: "unknown",
+    Verdict.TIMEOUT: "timeout",
+}
+
+
+def plain_float(value: float) -> str:
+    """A float printed positionally (no exponent) that parses back to exactly ``value``.
+
+    Values are float32 inputs/outputs; printing the float64 shortest round-trip form keeps
+    a counterexample that lies inside its box inside it after parsing.
+    """
+    return np.format_float_positional(float(value), unique=True, trim="0")
+
+
+def vnncomp_text(result: Result) -> str:
+    """The VNN-COMP result file: the verdict word, and after ``sat`` the assignment."""
+    word = VNNCOMP_WORD[result.verdict]
+    cex = result.counterexample
+    if result.verdict is not Verdict.VIOLATED or cex is None:
+        return word + "\n"
+    pairs = [f"(X_{i} {plain_float(v)})" for i, v in enumerate(cex.x)]
+    pairs += [f"(Y_{j} {plain_float(v)})" for j, v in enumerate(cex.y)]
+    return word + "\n(" + "\n ".join(pairs) + ")\n"
+
+
+def result_dict(result: Result, model: str, prop: str) -> dict:
+    cex = result.counterexample
+    return {
+        "model": model,
+        "property": prop,
+        "verdict": result.verdict.value,
+        "engine": result.engine,
+        "reason": result.reason,
+        "seconds": round(result.stats.seconds, 4),
+        "boxes": result.stats.boxes,
+        "counterexample": None if cex is None else {
+            "x": [float(v) for v in cex.x],
+            "y": [float(v) for v in cex.y],
+            "case": cex.case_index,
+            "disjunct": cex.disjunct_index,
+        },
+    }
+
+
+def human_text(result: Result) -> str:
+    lines = [result.verdict.value]
+    cex = result.counterexample
+    if cex is not None:
+        lines.append("  input:  " + " ".join(plain_float(v) for v in cex.x))
+        lines.append("  output: " + " ".join(plain_float(v) for v in cex.y))
+        lines.append("  (re-checked in onnxruntime on the original model)")
+    if result.reason:
+        lines.append(f"  reason: {result.reason}")
+    lines.append(f"  time: {result.stats.seconds:.3f} s, boxes: {result.stats.boxes}")
+    return "\n".join(lines)
+
+
+def json_text(data: dict) -> str:
+    return json.dumps(data, indent=2, sort_keys=False)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write a file via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+    try:
+        with os.fdopen(fd, mode) as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,266 @@
+"""Complete input-splitting branch and bound over a batch of boxes.
+
+Requires: a lowered ReLU network and one spec case (box + disjunction of output polytopes).
+Returns: HOLDS when every sub-box is proven (CROWN lower bound of some row of every
+disjunct is > 0), VIOLATED with a counterexample confirmed in onnxruntime, TIMEOUT, or
+UNKNOWN (boxes shrank below ``min_rel_width`` without a decision — e.g. a margin of
+exactly zero that float32 cannot confirm).
+Sound: yes (bounds are outward-widened float64; violations are re-checked in
+onnxruntime). Complete: yes for ReLU networks up to ``min_rel_width``: on small enough
+boxes every ReLU is stable, the bound is exact, and the minimising corner is a witness.
+
+The split dimension is chosen by sensitivity: for every open disjunct take the row with
+the best bound and split where |coefficient| x width is largest. Boxes are processed
+best-first by their worst disjunct bound (most violated first), which drives the search
+to counterexample regions and, on proofs, costs nothing (every leaf is visited once).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from verirepair.bounds import HiddenBounds, gradient_smear, spec_lower_bounds, symbolic_bounds
+from verirepair.network import Network
+from verirepair.spec_types import SpecCase
+from verirepair.verify import falsify
+from verirepair.verify.confirm import confirm
+from verirepair.verify.problem import CaseTensors, case_tensors, group_max
+from verirepair.verify.types import Counterexample, Result, Stats, Verdict
+
+Tensor = torch.Tensor
+Layers = list[tuple[Tensor, Tensor]]
+Progress = Callable[[Stats, int], None]
+
+
+@dataclass(frozen=True)
+class BabOptions:
+    batch_size: int = 2048
+    max_queue: int = 4_000_000
+    random_samples: int = 4096
+    pgd_starts: int = 32
+    pgd_steps: int = 30
+    attack_every: int = 4
+    attack_boxes: int = 64
+    confirm_per_round: int = 4
+    min_rel_width: float = 1e-9
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Deadline:
+    start: float
+    seconds: float
+
+    @staticmethod
+    def after(seconds: float) -> "Deadline":
+        return Deadline(time.monotonic(), seconds)
+
+    def expired(self) -> bool:
+        return time.monotonic() - self.start >= self.seconds
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+
+@dataclass
+class Queue:
+    """Open boxes: bounds, which disjuncts are still open, and a priority (lower first)."""
+
+    lower: Tensor
+    upper: Tensor
+    alive: Tensor
+    prio: Tensor
+
+    def __len__(self) -> int:
+        return int(self.lower.shape[0])
+
+    def pop(self, count: int, deepest: bool) -> "Queue":
+        if len(self) <= count:
+            taken = Queue(self.lower, self.upper, self.alive, self.prio)
+            self._keep(torch.zeros(len(self), dtype=torch.bool))
+            return taken
+        key = (self.upper - self.lower).amax(1) if deepest else self.prio
+        idx = torch.topk(key, count, largest=False).indices
+        mask = torch.zeros(len(self), dtype=torch.bool)
+        mask[idx] = True
+        taken = Queue(self.lower[mask], self.upper[mask], self.alive[mask], self.prio[mask])
+        self._keep(~mask)
+        return taken
+
+    def _keep(self, mask: Tensor) -> None:
+        self.lower, self.upper = self.lower[mask], self.upper[mask]
+        self.alive, self.prio = self.alive[mask], self.prio[mask]
+
+    def push(self, other: "Queue") -> None:
+        self.lower = torch.cat([self.lower, other.lower])
+        self.upper = torch.cat([self.upper, other.upper])
+        self.alive = torch.cat([self.alive, other.alive])
+        self.prio = torch.cat([self.prio, other.prio])
+
+
+class _Search:
+    """State of one branch-and-bound run on one case."""
+
+    def __init__(self, network: Network, layers: Layers, case: SpecCase, case_index: int,
+                 deadline: Deadline, options: BabOptions, progress: Progress | None,
+                 session) -> None:
+        self.network, self.layers, self.case = network, layers, case
+        self.case_index, self.deadline, self.options = case_index, deadline, options
+        self.progress, self.session = progress, session
+        self.ct: CaseTensors = case_tensors(case, network.n_outputs)
+        self.stats = Stats()
+        self.gen = torch.Generator().manual_seed(options.seed)
+        self.min_width = options.min_rel_width * float((self.ct.upper - self.ct.lower).max())
+        self.unresolved = 0
+        self.last_report = time.monotonic()
+
+    # -- counterexamples ---------------------------------------------------------
+    def _confirm(self, cands: falsify.Candidates) -> Counterexample | None:
+        for x in cands.x[: self.options.confirm_per_round]:
+            cex = confirm(self.network, self.case, self.case_index, x.numpy(), self.session)
+            if cex is not None:
+                return cex
+            self.stats.unconfirmed += 1
+        return None
+
+    def _initial_attack(self) -> Counterexample | None:
+        ct, opt = self.ct, self.options
+        if ct.trivially_unsafe:
+            mid = ((ct.lower + ct.upper) / 2).unsqueeze(0)
+            return self._confirm(falsify.Candidates(mid, torch.zeros(1)))
+        cands = falsify.random_attack(self.layers, ct, opt.random_samples, self.gen)
+        self.stats.attack_points += opt.random_samples
+        cex = self._confirm(cands)
+        if cex is not None:
+            return cex
+        starts, lo, hi = falsify.random_starts(ct.lower[None], ct.upper[None],
+                                               opt.pgd_starts, self.gen)
+        self.stats.attack_points += opt.pgd_starts * opt.pgd_steps
+        return self._confirm(falsify.pgd_attack(self.layers, ct, lo, hi, starts,
+                                                opt.pgd_steps))
+
+    def _box_attack(self, batch: Queue) -> Counterexample | None:
+        """PGD from the centres of the most promising open boxes."""
+        k = min(self.options.attack_boxes, len(batch))
+        idx = torch.topk(batch.prio, k, largest=False).indices
+        lo, hi = batch.lower[idx], batch.upper[idx]
+        starts, lo2, hi2 = falsify.random_starts(lo, hi, 2, self.gen)
+        self.stats.attack_points += starts.shape[0] * self.options.pgd_steps
+        return self._confirm(falsify.pgd_attack(self.layers, self.ct, lo2, hi2, starts,
+                                                self.options.pgd_steps))
+
+    # -- one round ---------------------------------------------------------------
+    def _bound(self, batch: Queue) -> tuple[HiddenBounds, Tensor, Tensor, Tensor]:
+        hidden = symbolic_bounds(self.layers, batch.lower, batch.upper)
+        sb = spec_lower_bounds(self.layers, hidden, batch.lower, batch.upper,
+                               self.ct.c, self.ct.d)
+        self.stats.bound_calls += 1
+        self.stats.boxes += len(batch)
+        disj_lb = group_max(sb.lower, self.ct.group, self.ct.n_disjuncts)
+        return hidden, sb.lower, sb.coef, disj_lb
+
+    def _corner_candidates(self, batch: Queue, coef: Tensor) -> Counterexample | None:
+        """Evaluate the box centres and the corners that minimise each row's bound."""
+        corners = torch.where(coef > 0, batch.lower.unsqueeze(1), batch.upper.unsqueeze(1))
+        mid = ((batch.lower + batch.upper) / 2).unsqueeze(1)
+        pts = torch.cat([mid, corners], dim=1).reshape(-1, batch.lower.shape[1])
+        self.stats.attack_points += pts.shape[0]
+        return self._confirm(falsify.evaluate_points(self.layers, self.ct, pts))
+
+    def _split_dims(self, batch: Queue, hidden: HiddenBounds, row_lb: Tensor,
+                    disj_lb: Tensor) -> Tensor:
+        """Split where the interval gradient of the best open rows, times width, is largest."""
+        group = self.ct.group
+        best_row = row_lb >= disj_lb[:, group]  # (N, R): rows achieving their group max
+        weight = (best_row & batch.alive[:, group]).to(row_lb.dtype)
+        out_weight = weight @ self.ct.c  # (N, n_out)
+        score = gradient_smear(self.layers, hidden, out_weight, batch.lower, batch.upper)
+        width = batch.upper - batch.lower
+        score = torch.where(width > 0, score + 1e-30 * width, torch.full_like(score, -1.0))
+        return score.argmax(1)
+
+    def _split(self, batch: Queue, dims: Tensor, prio: Tensor) -> Queue:
+        n = len(batch)
+        rows = torch.arange(n)
+        mid = (batch.lower[rows, dims] + batch.upper[rows, dims]) / 2
+        left_hi = batch.upper.clone()
+        left_hi[rows, dims] = mid
+        right_lo = batch.lower.clone()
+        right_lo[rows, dims] = mid
+        return Queue(torch.cat([batch.lower, right_lo]), torch.cat([left_hi, batch.upper]),
+                     batch.alive.repeat(2, 1), prio.repeat(2))
+
+    def _round(self, queue: Queue, iteration: int) -> Counterexample | None:
+        deep = len(queue) > self.options.max_queue
+        batch = queue.pop(self.options.batch_size, deepest=deep)
+        hidden, row_lb, coef, disj_lb = self._bound(batch)
+        batch.alive &= ~(disj_lb > 0)
+        open_ = batch.alive.any(1)
+        if not bool(open_.any()):
+            return None
+        batch = Queue(batch.lower[open_], batch.upper[open_], batch.alive[open_],
+                      torch.where(batch.alive[open_], disj_lb[open_], torch.inf).amin(1))
+        row_lb, coef, disj_lb = row_lb[open_], coef[open_], disj_lb[open_]
+        hidden = HiddenBounds(tuple(t[open_] for t in hidden.lower),
+                              tuple(t[open_] for t in hidden.upper))
+        cex = self._corner_candidates(batch, coef)
+        if cex is None and iteration % self.options.attack_every == 0:
+            cex = self._box_attack(batch)
+        if cex is not None:
+            return cex
+        tiny = (batch.upper - batch.lower).amax(1) <= self.min_width
+        self.unresolved += int(tiny.sum())
+        dims = self._split_dims(batch, hidden, row_lb, disj_lb)
+        keep = ~tiny
+        kept = Queue(batch.lower[keep], batch.upper[keep], batch.alive[keep], batch.prio[keep])
+        queue.push(self._split(kept, dims[keep], kept.prio))
+        return None
+
+    def _report(self, queue_len: int) -> None:
+        now = time.monotonic()
+        self.stats.max_queue = max(self.stats.max_queue, queue_len)
+        if self.progress is not None and now - self.last_report >= 1.0:
+            self.last_report = now
+            self.stats.seconds = self.deadline.elapsed()
+            self.progress(self.stats, queue_len)
+
+    def run(self) -> Result:
+        cex = self._initial_attack()
+        if cex is not None:
+            return self._result(Verdict.VIOLATED, cex)
+        k = self.ct.n_disjuncts
+        queue = Queue(self.ct.lower[None].clone(), self.ct.upper[None].clone(),
+                      torch.ones((1, k), dtype=torch.bool), torch.zeros(1, dtype=torch.float64))
+        iteration = 0
+        while len(queue) > 0:
+            if self.deadline.expired():
+                return self._result(Verdict.TIMEOUT, reason=f"{len(queue)} boxes open")
+            cex = self._round(queue, iteration)
+            if cex is not None:
+                return self._result(Verdict.VIOLATED, cex)
+            iteration += 1
+            self._report(len(queue))
+        if self.unresolved:
+            return self._result(Verdict.UNKNOWN, reason=f"{self.unresolved} boxes reached the "
+                                "minimum width undecided (margin too close to zero)")
+        return self._result(Verdict.HOLDS)
+
+    def _result(self, verdict: Verdict, cex: Counterexample | None = None,
+                reason: str = "") -> Result:
+        self.stats.seconds = self.deadline.elapsed()
+        return Result(verdict=verdict, counterexample=cex, reason=reason, engine="bab",
+                      stats=self.stats)
+
+
+def verify_case(network: Network, layers: Layers, case: SpecCase, case_index: int,
+                deadline: Deadline, options: BabOptions = BabOptions(),
+                progress: Progress | None = None, session=None) -> Result:
+    """Decide one spec case with branch and bound (see module docstring)."""
+    search = _Search(network, layers, case, case_index, deadline, options, progress, session)
+    with torch.no_grad():
+        return search.run()
+

@@ -1,0 +1,85 @@
+"""Falsification: uniform sampling and a projected-gradient attack on the unsafe margin.
+
+Both search for x in a box with ``unsafe_margin(f(x)) <= 0``. They are incomplete and
+only ever *propose* candidates: the caller confirms every candidate in onnxruntime on the
+original file before calling anything violated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from verirepair.network import torch_forward
+from verirepair.verify.problem import CaseTensors, unsafe_margin
+
+Tensor = torch.Tensor
+Layers = list[tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Points ordered by margin, most unsafe first, with their float64 margins."""
+
+    x: Tensor  # (M, n_in)
+    margin: Tensor  # (M,)
+
+
+def _sorted_unsafe(x: Tensor, margin: Tensor, limit: int) -> Candidates:
+    keep = margin <= 0
+    x, margin = x[keep], margin[keep]
+    order = torch.argsort(margin)[:limit]
+    return Candidates(x=x[order], margin=margin[order])
+
+
+def evaluate_points(layers: Layers, ct: CaseTensors, x: Tensor, limit: int = 16
+                    ) -> Candidates:
+    """Margins of given points; returns the unsafe ones (at most ``limit``)."""
+    with torch.no_grad():
+        margin = unsafe_margin(ct, torch_forward(layers, x))
+    return _sorted_unsafe(x, margin, limit)
+
+
+def random_attack(layers: Layers, ct: CaseTensors, n_samples: int,
+                  generator: torch.Generator, limit: int = 16) -> Candidates:
+    """Uniform samples in the case's box."""
+    width = ct.upper - ct.lower
+    u = torch.rand((n_samples, ct.lower.shape[0]), generator=generator, dtype=torch.float64)
+    return evaluate_points(layers, ct, ct.lower + u * width, limit)
+
+
+def pgd_attack(layers: Layers, ct: CaseTensors, lower: Tensor, upper: Tensor,
+               starts: Tensor, steps: int = 40, limit: int = 16) -> Candidates:
+    """Signed-gradient descent on the margin, one start per row of ``starts``.
+
+    Requires: ``lower``/``upper`` (N, n_in) the box of each start, starts inside them.
+    """
+    x = starts.clone()
+    width = (upper - lower).clamp_min(0)
+    best_x, best_m = x.clone(), torch.full((x.shape[0],), torch.inf, dtype=x.dtype)
+    for step in range(steps):
+        with torch.enable_grad():
+            x.requires_grad_(True)
+            margin = unsafe_margin(ct, torch_forward(layers, x))
+            (grad,) = torch.autograd.grad(margin.sum(), x)
+        with torch.no_grad():
+            better = margin < best_m
+            best_m = torch.where(better, margin.detach(), best_m)
+            best_x[better] = x.detach()[better]
+            size = 0.25 * (1.0 - step / steps) + 0.01
+            x = x.detach() - size * width * torch.sign(grad)
+            x = torch.minimum(torch.maximum(x, lower), upper)
+    final = evaluate_points(layers, ct, x, limit=x.shape[0])
+    all_x = torch.cat([best_x, final.x])
+    all_m = torch.cat([best_m, final.margin])
+    return _sorted_unsafe(all_x, all_m, limit)
+
+
+def random_starts(lower: Tensor, upper: Tensor, per_box: int,
+                  generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """``per_box`` uniform starts in every box; returns (starts, lower, upper) repeated."""
+    lo = lower.repeat_interleave(per_box, dim=0)
+    hi = upper.repeat_interleave(per_box, dim=0)
+    u = torch.rand(lo.shape, generator=generator, dtype=torch.float64)
+    return lo + u * (hi - lo), lo, hi

@@ -1,0 +1,46 @@
+"""Verdicts and results of verification (VNN-COMP words live only in report.py)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Verdict(enum.Enum):
+    HOLDS = "holds"
+    VIOLATED = "violated"
+    UNKNOWN = "unknown"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True)
+class Counterexample:
+    """An input (flattened, float32-exact values) in the case's box and its ORT output."""
+
+    x: np.ndarray
+    y: np.ndarray
+    case_index: int
+    disjunct_index: int
+
+
+@dataclass
+class Stats:
+    """Work counters of one run (mutable while the engine runs)."""
+
+    boxes: int = 0
+    bound_calls: int = 0
+    attack_points: int = 0
+    max_queue: int = 0
+    unconfirmed: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Result:
+    verdict: Verdict
+    counterexample: Counterexample | None = None
+    reason: str = ""
+    engine: str = "bab"
+    stats: Stats = field(default_factory=Stats)
