@@ -154,10 +154,12 @@ def symbolic_bounds(layers: Layers, lower: Tensor, upper: Tensor) -> HiddenBound
 
 
 def spec_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Tensor, upper: Tensor,
-                      c: Tensor, d: Tensor) -> SpecBounds:
+                      c: Tensor, d: Tensor, alphas: list[Tensor] | None = None
+                      ) -> SpecBounds:
     """CROWN lower bounds of ``c @ f(x) - d`` for every box and row.
 
-    Requires: hidden bounds valid on these boxes; c (R, n_out), d (R,).
+    Requires: hidden bounds valid on these boxes; c (R, n_out), d (R,); optional lower
+    ReLU slopes ``alphas[k]`` (N, R, width_k) in [0, 1] (any such slopes are sound).
     Returns: SpecBounds; sound (outward-widened float64); exact when no ReLU is unstable.
     """
     n = lower.shape[0]
@@ -165,27 +167,48 @@ def spec_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Tensor, upper
     lam = (c @ w_last).unsqueeze(0).expand(n, -1, -1)  # (N, R, width)
     const = (c @ b_last - d).unsqueeze(0).expand(n, -1)
     mag = (c.abs() @ b_last.abs() + d.abs()).unsqueeze(0).expand(n, -1)
-    for k in range(len(layers) - 2, -1, -1):
-        l, u = hidden.lower[k], hidden.upper[k]
-        unstable = (l < 0) & (u > 0)
-        s_up = torch.where(unstable, u / (u - l).clamp_min(1e-300), (l >= 0).to(l.dtype))
-        alpha = torch.where(unstable, (u > -l).to(l.dtype), (l >= 0).to(l.dtype))
-        lam_pos, lam_neg = lam.clamp_min(0), lam.clamp_max(0)
-        shift = torch.where(unstable, -s_up * l, torch.zeros_like(l))  # (N, width)
-        const = const + torch.einsum("nrj,nj->nr", lam_neg, shift)
-        mag = mag + torch.einsum("nrj,nj->nr", lam_neg.abs(), shift.abs())
-        lam = lam_pos * alpha.unsqueeze(1) + lam_neg * s_up.unsqueeze(1)
-        w, b = layers[k]
-        const = const + lam @ b
-        mag = mag + lam.abs() @ b.abs()
-        lam = lam @ w
-    mid = (upper + lower) / 2
-    rad = (upper - lower) / 2
-    centre = torch.einsum("nri,ni->nr", lam, mid)
-    spread = torch.einsum("nri,ni->nr", lam.abs(), rad)
-    mag = mag + torch.einsum("nri,ni->nr", lam.abs(), mid.abs()) + spread
-    lower_bound = _outward(centre + const - spread, mag, -1.0)
-    return SpecBounds(lower=lower_bound, coef=lam)
+    lb, coef, _ = _backward_lower(layers, hidden, len(layers) - 1, lam, const, mag, lower,
+                                  upper, alphas)
+    return SpecBounds(lower=lb, coef=coef)
+
+
+def initial_alphas(hidden: HiddenBounds, rows: int) -> list[Tensor]:
+    """CROWN's adaptive lower slopes (1 if u > -l else 0), one copy per spec row."""
+    return [(u > -l).to(l.dtype).unsqueeze(1).expand(-1, rows, -1).clone()
+            for l, u in zip(hidden.lower, hidden.upper)]
+
+
+def optimized_spec_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Tensor,
+                                upper: Tensor, c: Tensor, d: Tensor, steps: int = 8,
+                                lr: float = 0.3) -> SpecBounds:
+    """alpha-CROWN on the output rows: lower ReLU slopes optimised by projected Adam.
+
+    Hidden bounds stay fixed; every iterate is a valid bound, the best per row is kept.
+    Reference: Xu et al., "Fast and Complete" (alpha-CROWN), ICLR 2021.
+    """
+    best = spec_lower_bounds(layers, hidden, lower, upper, c, d)
+    alphas = [a.requires_grad_(True) for a in initial_alphas(hidden, c.shape[0])]
+    opt = torch.optim.Adam(alphas, lr=lr)
+    best_lb, best_coef = best.lower.clone(), best.coef.clone()
+    for _ in range(steps):
+        with torch.enable_grad():
+            sb = spec_lower_bounds(layers, hidden, lower, upper, c, d, alphas)
+            opt.zero_grad()
+            (-sb.lower.sum()).backward()
+        opt.step()
+        with torch.no_grad():
+            for a in alphas:
+                a.clamp_(0.0, 1.0)
+            lb = sb.lower.detach()
+            better = lb > best_lb
+            best_lb = torch.where(better, lb, best_lb)
+            best_coef = torch.where(better.unsqueeze(-1), sb.coef.detach(), best_coef)
+    with torch.no_grad():
+        final = spec_lower_bounds(layers, hidden, lower, upper, c, d, alphas)
+        better = final.lower > best_lb
+        best_lb = torch.where(better, final.lower, best_lb)
+        best_coef = torch.where(better.unsqueeze(-1), final.coef, best_coef)
+    return SpecBounds(lower=best_lb, coef=best_coef)
 
 
 def gradient_smear(layers: Layers, hidden: HiddenBounds, out_weight: Tensor,
@@ -210,3 +233,67 @@ def gradient_smear(layers: Layers, hidden: HiddenBounds, out_weight: Tensor,
         wp, wn = w.clamp_min(0), w.clamp_max(0)
         g_lo, g_hi = g_lo @ wp + g_hi @ wn, g_hi @ wp + g_lo @ wn
     return torch.maximum(g_lo.abs(), g_hi.abs()) * (upper - lower)
+
+
+def _backward_lower(layers: Layers, hidden: HiddenBounds, depth: int, lam: Tensor,
+                    const: Tensor, mag: Tensor, lower: Tensor, upper: Tensor,
+                    alphas: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Back-substitute ``lam @ z_depth + const`` (z_depth = pre-activation of hidden layer
+    ``depth``, or the output when depth == len(layers)-1) down to the input.
+
+    Returns (lower bound widened, input coefficients, constant) per box and row.
+    """
+    for k in range(depth - 1, -1, -1):
+        l, u = hidden.lower[k], hidden.upper[k]
+        unstable = (l < 0) & (u > 0)
+        s_up = torch.where(unstable, u / (u - l).clamp_min(1e-300), (l >= 0).to(l.dtype))
+        if alphas is not None:
+            alpha = torch.where(unstable.unsqueeze(1), alphas[k],
+                                (l >= 0).to(l.dtype).unsqueeze(1))
+        else:
+            alpha = torch.where(unstable, (u > -l).to(l.dtype),
+                                (l >= 0).to(l.dtype)).unsqueeze(1)
+        lam_pos, lam_neg = lam.clamp_min(0), lam.clamp_max(0)
+        shift = torch.where(unstable, -s_up * l, torch.zeros_like(l))
+        const = const + torch.bmm(lam_neg, shift.unsqueeze(-1)).squeeze(-1)
+        mag = mag + torch.bmm(lam_neg.abs(), shift.abs().unsqueeze(-1)).squeeze(-1)
+        lam = lam_pos * alpha + lam_neg * s_up.unsqueeze(1)
+        w, b = layers[k]
+        const = const + lam @ b
+        mag = mag + lam.abs() @ b.abs()
+        lam = lam @ w
+    mid = (upper + lower) / 2
+    rad = (upper - lower) / 2
+    centre = torch.bmm(lam, mid.unsqueeze(-1)).squeeze(-1)
+    absl = lam.abs()
+    spread = torch.bmm(absl, rad.unsqueeze(-1)).squeeze(-1)
+    mag = mag + torch.bmm(absl, (mid.abs() + rad).unsqueeze(-1)).squeeze(-1)
+    lower_bound = _outward(centre + const - spread, mag, -1.0)
+    return lower_bound, lam, const - (lower_bound - (centre + const - spread))
+
+
+def crown_hidden_bounds(layers: Layers, lower: Tensor, upper: Tensor,
+                        start: HiddenBounds | None = None) -> HiddenBounds:
+    """Pre-activation bounds by full backward CROWN for every hidden layer (tighter than
+    :func:`symbolic_bounds`, quadratic in depth). Only neurons that are unstable in some
+    box under ``start`` (default: symbolic bounds) are refined. Sound: yes."""
+    n = lower.shape[0]
+    start = start or symbolic_bounds(layers, lower, upper)
+    lows, ups = [start.lower[0]], [start.upper[0]]
+    for k in range(1, len(layers) - 1):
+        l, u = start.lower[k].clone(), start.upper[k].clone()
+        lows.append(l)
+        ups.append(u)
+        idx = ((lows[k] < 0) & (ups[k] > 0)).any(0).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        w, b = layers[k]
+        m = idx.numel()
+        lam = torch.cat([w[idx], -w[idx]]).unsqueeze(0).expand(n, -1, -1)
+        const = torch.cat([b[idx], -b[idx]]).unsqueeze(0).expand(n, -1)
+        hb = HiddenBounds(tuple(lows[:k]), tuple(ups[:k]))
+        lb, _, _ = _backward_lower(layers, hb, k, lam, const, const.abs(), lower, upper)
+        l[:, idx] = torch.maximum(lb[:, :m], l[:, idx])
+        u[:, idx] = torch.minimum(-lb[:, m:], u[:, idx])
+        ups[k] = torch.maximum(u, l)
+    return HiddenBounds(tuple(lows), tuple(ups))

@@ -23,7 +23,8 @@ from typing import Callable
 
 import torch
 
-from verirepair.bounds import HiddenBounds, gradient_smear, spec_lower_bounds, symbolic_bounds
+from verirepair.bounds import (HiddenBounds, crown_hidden_bounds, gradient_smear,
+                               spec_lower_bounds, symbolic_bounds)
 from verirepair.network import Network
 from verirepair.spec_types import SpecCase
 from verirepair.verify import falsify
@@ -47,7 +48,10 @@ class BabOptions:
     attack_boxes: int = 64
     confirm_per_round: int = 4
     min_rel_width: float = 1e-9
+    hidden_bounds: str = "crown"
     seed: int = 0
+
+
 
 
 @dataclass(frozen=True)
@@ -155,13 +159,28 @@ class _Search:
 
     # -- one round ---------------------------------------------------------------
     def _bound(self, batch: Queue) -> tuple[HiddenBounds, Tensor, Tensor, Tensor]:
+        """Cheap symbolic bounds first; boxes they leave open get full CROWN bounds."""
+        ct = self.ct
         hidden = symbolic_bounds(self.layers, batch.lower, batch.upper)
-        sb = spec_lower_bounds(self.layers, hidden, batch.lower, batch.upper,
-                               self.ct.c, self.ct.d)
+        sb = spec_lower_bounds(self.layers, hidden, batch.lower, batch.upper, ct.c, ct.d)
+        row_lb, coef = sb.lower, sb.coef
+        disj_lb = group_max(row_lb, ct.group, ct.n_disjuncts)
         self.stats.bound_calls += 1
         self.stats.boxes += len(batch)
-        disj_lb = group_max(sb.lower, self.ct.group, self.ct.n_disjuncts)
-        return hidden, sb.lower, sb.coef, disj_lb
+        todo = ((disj_lb <= 0) & batch.alive).any(1)
+        if self.options.hidden_bounds == "crown" and bool(todo.any()):
+            lo, hi = batch.lower[todo], batch.upper[todo]
+            start = HiddenBounds(tuple(t[todo] for t in hidden.lower),
+                                 tuple(t[todo] for t in hidden.upper))
+            tight = crown_hidden_bounds(self.layers, lo, hi, start)
+            sb2 = spec_lower_bounds(self.layers, tight, lo, hi, ct.c, ct.d)
+            row_lb, coef = row_lb.clone(), coef.clone()
+            row_lb[todo] = torch.maximum(sb2.lower, row_lb[todo])
+            coef[todo] = sb2.coef
+            hidden = HiddenBounds(_scatter(hidden.lower, tight.lower, todo),
+                                  _scatter(hidden.upper, tight.upper, todo))
+            disj_lb = group_max(row_lb, ct.group, ct.n_disjuncts)
+        return hidden, row_lb, coef, disj_lb
 
     def _corner_candidates(self, batch: Queue, coef: Tensor) -> Counterexample | None:
         """Evaluate the box centres and the corners that minimise each row's bound."""
@@ -254,6 +273,16 @@ class _Search:
         self.stats.seconds = self.deadline.elapsed()
         return Result(verdict=verdict, counterexample=cex, reason=reason, engine="bab",
                       stats=self.stats)
+
+
+def _scatter(full: tuple[Tensor, ...], part: tuple[Tensor, ...], mask: Tensor
+             ) -> tuple[Tensor, ...]:
+    out = []
+    for f, p in zip(full, part):
+        f = f.clone()
+        f[mask] = p
+        out.append(f)
+    return tuple(out)
 
 
 def verify_case(network: Network, layers: Layers, case: SpecCase, case_index: int,
