@@ -39,6 +39,24 @@ class HiddenBounds:
     upper: tuple[Tensor, ...]
 
 
+def pack_hidden(hidden: HiddenBounds) -> Tensor:
+    """(N, 2, H) float32 copy, rounded outward (lower down, upper up): still sound."""
+    lo = torch.cat(hidden.lower, dim=1)
+    hi = torch.cat(hidden.upper, dim=1)
+    lo32, hi32 = lo.to(torch.float32), hi.to(torch.float32)
+    lo32 = torch.where(lo32.to(lo.dtype) > lo, torch.nextafter(lo32, lo32.new_tensor(-torch.inf)),
+                       lo32)
+    hi32 = torch.where(hi32.to(hi.dtype) < hi, torch.nextafter(hi32, hi32.new_tensor(torch.inf)),
+                       hi32)
+    return torch.stack([lo32, hi32], dim=1)
+
+
+def unpack_hidden(packed: Tensor, widths: list[int]) -> HiddenBounds:
+    lo = packed[:, 0].to(torch.float64).split(widths, dim=1)
+    hi = packed[:, 1].to(torch.float64).split(widths, dim=1)
+    return HiddenBounds(tuple(lo), tuple(hi))
+
+
 @dataclass(frozen=True)
 class SpecBounds:
     """Lower bounds of ``C @ f(x) - d`` per box and row, with their input coefficients."""
@@ -123,12 +141,14 @@ def _affine_forward(lo_f: Tensor, up_f: Tensor, w: Tensor, b: Tensor
     return new_lo, new_up
 
 
-def symbolic_bounds(layers: Layers, lower: Tensor, upper: Tensor) -> HiddenBounds:
+def symbolic_bounds(layers: Layers, lower: Tensor, upper: Tensor,
+                    prior: HiddenBounds | None = None) -> HiddenBounds:
     """Pre-activation bounds of every hidden layer by forward symbolic propagation.
 
-    Requires: boxes (N, n_in) with lower <= upper. Returns HiddenBounds for the
-    len(layers) - 1 hidden layers. Sound: yes (outward-widened float64), intersected with
-    interval bounds.
+    Requires: boxes (N, n_in) with lower <= upper; optional ``prior`` bounds known to be
+    valid on these boxes (e.g. a parent box's), intersected layer by layer before the
+    ReLU relaxation. Returns HiddenBounds for the len(layers) - 1 hidden layers.
+    Sound: yes (outward-widened float64), intersected with interval bounds.
     """
     mid, rad, size = _augment(lower, upper)
     n = lower.shape[0]
@@ -145,6 +165,9 @@ def symbolic_bounds(layers: Layers, lower: Tensor, upper: Tensor) -> HiddenBound
             lo_f, up_f = _affine_forward(lo_f, up_f, w, b)
         l = torch.maximum(_range(lo_f, mid, rad, size)[0], ibp_lo)
         u = torch.minimum(_range(up_f, mid, rad, size)[1], ibp_hi)
+        if prior is not None:
+            l = torch.maximum(l, prior.lower[i])
+            u = torch.minimum(u, prior.upper[i])
         u = torch.maximum(u, l)
         lows.append(l)
         ups.append(u)
@@ -272,28 +295,52 @@ def _backward_lower(layers: Layers, hidden: HiddenBounds, depth: int, lam: Tenso
     return lower_bound, lam, const - (lower_bound - (centre + const - spread))
 
 
+def _refine_rows(layers: Layers, hb: HiddenBounds, k: int, idx: Tensor, lower: Tensor,
+                 upper: Tensor) -> tuple[Tensor, Tensor]:
+    """CROWN lower/upper bounds of the layer-k pre-activations ``idx`` (N, K) per box."""
+    w, b = layers[k]
+    rows_w, rows_b = w[idx], b[idx]  # (N, K, m), (N, K)
+    lam = torch.cat([rows_w, -rows_w], dim=1)
+    const = torch.cat([rows_b, -rows_b], dim=1)
+    lb, _, _ = _backward_lower(layers, hb, k, lam, const, const.abs(), lower, upper)
+    kk = idx.shape[1]
+    return lb[:, :kk], -lb[:, kk:]
+
+
 def crown_hidden_bounds(layers: Layers, lower: Tensor, upper: Tensor,
-                        start: HiddenBounds | None = None) -> HiddenBounds:
+                        start: HiddenBounds | None = None, per_box: int = 8
+                        ) -> HiddenBounds:
     """Pre-activation bounds by full backward CROWN for every hidden layer (tighter than
-    :func:`symbolic_bounds`, quadratic in depth). Only neurons that are unstable in some
-    box under ``start`` (default: symbolic bounds) are refined. Sound: yes."""
+    :func:`symbolic_bounds`, quadratic in depth). Sound: yes.
+
+    Only neurons unstable under ``start`` (default: symbolic bounds) are refined: boxes
+    with at most ``per_box`` such neurons in a layer refine just theirs (gathered rows);
+    the others refine the union of theirs.
+    """
     n = lower.shape[0]
     start = start or symbolic_bounds(layers, lower, upper)
     lows, ups = [start.lower[0]], [start.upper[0]]
     for k in range(1, len(layers) - 1):
         l, u = start.lower[k].clone(), start.upper[k].clone()
+        unstable = (l < 0) & (u > 0)
+        count = unstable.sum(1)
+        hb = HiddenBounds(tuple(lows), tuple(ups))
+        few = (count > 0) & (count <= per_box)
+        if bool(few.any()):
+            kk = int(count[few].max())
+            idx = torch.topk(unstable[few].to(l.dtype), kk, dim=1).indices
+            sub = HiddenBounds(tuple(t[few] for t in lows), tuple(t[few] for t in ups))
+            nl, nu = _refine_rows(layers, sub, k, idx, lower[few], upper[few])
+            l[few] = l[few].scatter_reduce(1, idx, nl, reduce="amax")
+            u[few] = u[few].scatter_reduce(1, idx, nu, reduce="amin")
+        many = count > per_box
+        if bool(many.any()):
+            cols = unstable[many].any(0).nonzero().squeeze(1)
+            idx = cols.unsqueeze(0).expand(int(many.sum()), -1)
+            sub = HiddenBounds(tuple(t[many] for t in lows), tuple(t[many] for t in ups))
+            nl, nu = _refine_rows(layers, sub, k, idx, lower[many], upper[many])
+            l[many] = l[many].scatter_reduce(1, idx, nl, reduce="amax")
+            u[many] = u[many].scatter_reduce(1, idx, nu, reduce="amin")
         lows.append(l)
-        ups.append(u)
-        idx = ((lows[k] < 0) & (ups[k] > 0)).any(0).nonzero().squeeze(1)
-        if idx.numel() == 0:
-            continue
-        w, b = layers[k]
-        m = idx.numel()
-        lam = torch.cat([w[idx], -w[idx]]).unsqueeze(0).expand(n, -1, -1)
-        const = torch.cat([b[idx], -b[idx]]).unsqueeze(0).expand(n, -1)
-        hb = HiddenBounds(tuple(lows[:k]), tuple(ups[:k]))
-        lb, _, _ = _backward_lower(layers, hb, k, lam, const, const.abs(), lower, upper)
-        l[:, idx] = torch.maximum(lb[:, :m], l[:, idx])
-        u[:, idx] = torch.minimum(-lb[:, m:], u[:, idx])
-        ups[k] = torch.maximum(u, l)
+        ups.append(torch.maximum(u, l))
     return HiddenBounds(tuple(lows), tuple(ups))

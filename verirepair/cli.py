@@ -65,7 +65,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     options = VerifyOptions(timeout=args.timeout, engine=args.engine)
     result = verify(network, spec, options, _progress_printer(args.quiet))
     if args.result_file:
-        write_atomic(args.result_file, vnncomp_text(result))
+        try:
+            write_atomic(args.result_file, vnncomp_text(result))
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise InputFileError(f"{args.result_file}: cannot write the result file: "
+                                 f"{reason}") from None
     if args.json:
         print(json_text(result_dict(result, str(args.model), str(args.property))))
     else:
@@ -77,6 +82,30 @@ def _check_writable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputFileError(f"{path}: folder '{parent}' does not exist")
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a folder, expected a result file name")
+
+
+def _seconds(text: str) -> float:
+    """``--timeout``: a non-negative number of seconds (``inf`` for no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: '{text}'") from None
+    if not value >= 0.0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got '{text}'")
+    return value
+
+
+def _threads(text: str) -> int:
+    """``--threads``: 0 (all cores) or a positive count."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or positive, got '{text}'")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,12 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES_HELP)
     check.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
     check.add_argument("property", help="VNN-LIB property (.vnnlib or .vnnlib.gz)")
-    check.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+    check.add_argument("--timeout", type=_seconds, default=300.0,
+                       help="seconds (default 300)")
     check.add_argument("--engine", choices=sorted(ENGINES), default="bab")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.add_argument("--result-file", help="write the VNN-COMP result file here")
     check.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    check.add_argument("--threads", type=int, default=0,
+    check.add_argument("--threads", type=_threads, default=0,
                        help="torch threads (default: all cores)")
     check.set_defaults(run=_cmd_check)
     return parser

@@ -208,8 +208,8 @@ OPS: dict[str, OpFn] = {
 
 def _check_mul_linear(node: onnx.NodeProto, dyn: list[bool]) -> None:
     if node.op_type == "Mul" and all(dyn[:2]):
-        raise ModelError(f"node '{node.name or node.output[0]}': Mul of two input-dependent "
-                         "tensors is not linear and not supported")
+        raise ModelError("Mul of two input-dependent tensors is not linear and not "
+                         "supported")
 
 
 # --------------------------------------------------------------------------- loading
@@ -228,10 +228,19 @@ def _read_model(path: Path) -> onnx.ModelProto:
         raise InputFileError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _initializers(graph: onnx.GraphProto, source: str) -> dict[str, np.ndarray]:
     values: dict[str, np.ndarray] = {}
     for init in graph.initializer:
-        arr = numpy_helper.to_array(init)
+        try:
+            arr = numpy_helper.to_array(init)
+        except Exception as exc:  # e.g. missing external data, bad data type
+            raise ModelError(f"{source}: cannot read initializer '{init.name}': "
+                             f"{_first_line(exc)}") from None
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise ModelError(f"{source}: initializer '{init.name}' has non-finite values "
                              "(NaN or Inf)")
@@ -298,18 +307,21 @@ class _Lowering:
                              "a constant nor the running tensor (graph is not a "
                              "feed-forward chain)")
         attrs = _attr_dict(node)
-        if not any(dyn):
-            xs = [self.consts[n] if n else None for n in names]
-            self.consts[node.output[0]] = fn(xs, attrs, dyn, False)
-            return
-        _check_mul_linear(node, dyn)
         try:
+            if not any(dyn):
+                xs = [self.consts[n] if n else None for n in names]
+                self.consts[node.output[0]] = fn(xs, attrs, dyn, False)
+                return
+            _check_mul_linear(node, dyn)
             self._apply_dynamic(node, fn, names, dyn, attrs)
         except ModelError as exc:
             raise ModelError(f"{self._node_label(node)}: {exc}") from None
         except RuntimeError as exc:
-            msg = str(exc).splitlines()[0]
-            raise ModelError(f"{self._node_label(node)}: shape error: {msg}") from None
+            raise ModelError(f"{self._node_label(node)}: shape error: "
+                             f"{_first_line(exc)}") from None
+        except (ValueError, IndexError, TypeError) as exc:  # malformed inputs/attributes
+            raise ModelError(f"{self._node_label(node)}: malformed node: "
+                             f"{_first_line(exc)}") from None
 
     def _apply_dynamic(self, node: onnx.NodeProto, fn: OpFn, names: list[str],
                        dyn: list[bool], attrs: dict) -> None:
@@ -354,18 +366,24 @@ def _graph_input(graph: onnx.GraphProto, consts: dict, source: str) -> onnx.Valu
     return real[0]
 
 
-def _check_consumers(graph: onnx.GraphProto, consts: dict, source: str) -> None:
-    """Reject graphs where an input-dependent tensor feeds two nodes (no branching)."""
+def _check_consumers(graph: onnx.GraphProto, input_name: str, source: str) -> None:
+    """Reject graphs where an input-dependent tensor feeds two nodes (no branching).
+
+    Constants (initializers, Constant nodes and tensors computed from constants only) may
+    be shared freely.
+    """
+    dynamic = {input_name}
+    for node in graph.node:  # ONNX nodes are topologically sorted
+        if any(name in dynamic for name in node.input):
+            dynamic.update(node.output)
     uses: dict[str, int] = {}
     for node in graph.node:
         for name in set(node.input):
             uses[name] = uses.get(name, 0) + 1
     for name, count in uses.items():
-        if count > 1 and name not in consts:
-            produced = any(name in n.output and n.op_type == "Constant" for n in graph.node)
-            if not produced:
-                raise ModelError(f"{source}: tensor '{name}' feeds {count} nodes; only "
-                                 "feed-forward chains are supported")
+        if count > 1 and name in dynamic:
+            raise ModelError(f"{source}: tensor '{name}' feeds {count} nodes; only "
+                             "feed-forward chains are supported")
 
 
 def load_network(path: str | Path) -> Network:
@@ -379,7 +397,7 @@ def load_network(path: str | Path) -> Network:
     if len(graph.output) != 1:
         raise ModelError(f"{source}: expected exactly one graph output, found "
                          f"{len(graph.output)}")
-    _check_consumers(graph, consts, source)
+    _check_consumers(graph, inp.name, source)
     input_shape = _shape_of(inp) or (1,)
     lowering = _Lowering(source, inp.name, input_shape, consts)
     for node in graph.node:
@@ -388,6 +406,11 @@ def load_network(path: str | Path) -> Network:
     if not all(np.all(np.isfinite(l.weight)) and np.all(np.isfinite(l.bias))
                for l in net.layers):
         raise ModelError(f"{source}: lowered network has non-finite weights")
+    try:  # counterexamples are re-checked in onnxruntime: it must accept the model
+        onnx_session(model)
+    except Exception as exc:
+        raise ModelError(f"{source}: onnxruntime cannot load the model: "
+                         f"{_first_line(exc)}") from None
     return Network(source=source, model=model, input_name=inp.name,
                    input_shape=input_shape, output_name=graph.output[0].name, net=net,
                    segments=segments)

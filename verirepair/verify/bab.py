@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 
 from verirepair.bounds import (HiddenBounds, crown_hidden_bounds, gradient_smear,
-                               spec_lower_bounds, symbolic_bounds)
+                               pack_hidden, spec_lower_bounds, symbolic_bounds,
+                               unpack_hidden)
 from verirepair.network import Network
 from verirepair.spec_types import SpecCase
 from verirepair.verify import falsify
@@ -40,7 +41,7 @@ Progress = Callable[[Stats, int], None]
 @dataclass(frozen=True)
 class BabOptions:
     batch_size: int = 2048
-    max_queue: int = 4_000_000
+    best_first_limit: int = 100_000
     random_samples: int = 4096
     pgd_starts: int = 32
     pgd_steps: int = 30
@@ -49,6 +50,7 @@ class BabOptions:
     confirm_per_round: int = 4
     min_rel_width: float = 1e-9
     hidden_bounds: str = "crown"
+    split: str = "mix"
     seed: int = 0
 
 
@@ -71,39 +73,76 @@ class Deadline:
 
 
 @dataclass
-class Queue:
-    """Open boxes: bounds, which disjuncts are still open, and a priority (lower first)."""
+class Boxes:
+    """A batch of open boxes: bounds, which disjuncts are still open, a priority (lower
+    first) and the float32 hidden bounds inherited from the parent box."""
 
     lower: Tensor
     upper: Tensor
     alive: Tensor
     prio: Tensor
+    hidden: Tensor  # (N, 2, H)
 
     def __len__(self) -> int:
         return int(self.lower.shape[0])
 
-    def pop(self, count: int, deepest: bool) -> "Queue":
-        if len(self) <= count:
-            taken = Queue(self.lower, self.upper, self.alive, self.prio)
-            self._keep(torch.zeros(len(self), dtype=torch.bool))
+    def select(self, index: Tensor) -> "Boxes":
+        return Boxes(self.lower[index], self.upper[index], self.alive[index],
+                     self.prio[index], self.hidden[index])
+
+    @staticmethod
+    def concat(parts: list["Boxes"]) -> "Boxes":
+        if len(parts) == 1:
+            return parts[0]
+        return Boxes(*(torch.cat([getattr(p, f) for p in parts])
+                       for f in ("lower", "upper", "alive", "prio", "hidden")))
+
+
+class Queue:
+    """Open boxes kept as a list of chunks (no copy of the whole queue per round).
+
+    Small queues are served best-first (lowest priority = most violated first); once the
+    queue exceeds ``best_first_limit`` the newest chunks are served first (depth-first),
+    which keeps memory bounded.
+    """
+
+    def __init__(self, first: Boxes, best_first_limit: int) -> None:
+        self.chunks: list[Boxes] = [first]
+        self.size = len(first)
+        self.best_first_limit = best_first_limit
+
+    def __len__(self) -> int:
+        return self.size
+
+    def push(self, boxes: Boxes) -> None:
+        if len(boxes):
+            self.chunks.append(boxes)
+            self.size += len(boxes)
+
+    def pop(self, count: int) -> Boxes:
+        if self.size <= count:
+            taken = Boxes.concat(self.chunks)
+            self.chunks, self.size = [], 0
             return taken
-        key = (self.upper - self.lower).amax(1) if deepest else self.prio
-        idx = torch.topk(key, count, largest=False).indices
-        mask = torch.zeros(len(self), dtype=torch.bool)
-        mask[idx] = True
-        taken = Queue(self.lower[mask], self.upper[mask], self.alive[mask], self.prio[mask])
-        self._keep(~mask)
-        return taken
-
-    def _keep(self, mask: Tensor) -> None:
-        self.lower, self.upper = self.lower[mask], self.upper[mask]
-        self.alive, self.prio = self.alive[mask], self.prio[mask]
-
-    def push(self, other: "Queue") -> None:
-        self.lower = torch.cat([self.lower, other.lower])
-        self.upper = torch.cat([self.upper, other.upper])
-        self.alive = torch.cat([self.alive, other.alive])
-        self.prio = torch.cat([self.prio, other.prio])
+        if self.size <= self.best_first_limit:
+            allb = Boxes.concat(self.chunks)
+            order = torch.argsort(allb.prio)
+            self.chunks = [allb.select(order[count:])]
+            self.size -= count
+            return allb.select(order[:count])
+        taken: list[Boxes] = []
+        need = count
+        while need > 0:
+            last = self.chunks.pop()
+            if len(last) > need:
+                taken.append(last.select(slice(len(last) - need, None)))
+                self.chunks.append(last.select(slice(0, len(last) - need)))
+                need = 0
+            else:
+                taken.append(last)
+                need -= len(last)
+        self.size -= count
+        return Boxes.concat(taken)
 
 
 class _Search:
@@ -120,6 +159,7 @@ class _Search:
         self.gen = torch.Generator().manual_seed(options.seed)
         self.min_width = options.min_rel_width * float((self.ct.upper - self.ct.lower).max())
         self.unresolved = 0
+        self.widths = [w.shape[0] for w, _ in layers[:-1]]
         self.last_report = time.monotonic()
 
     # -- counterexamples ---------------------------------------------------------
@@ -147,7 +187,7 @@ class _Search:
         return self._confirm(falsify.pgd_attack(self.layers, ct, lo, hi, starts,
                                                 opt.pgd_steps))
 
-    def _box_attack(self, batch: Queue) -> Counterexample | None:
+    def _box_attack(self, batch: Boxes) -> Counterexample | None:
         """PGD from the centres of the most promising open boxes."""
         k = min(self.options.attack_boxes, len(batch))
         idx = torch.topk(batch.prio, k, largest=False).indices
@@ -158,10 +198,11 @@ class _Search:
                                                 self.options.pgd_steps))
 
     # -- one round ---------------------------------------------------------------
-    def _bound(self, batch: Queue) -> tuple[HiddenBounds, Tensor, Tensor, Tensor]:
+    def _bound(self, batch: Boxes) -> tuple[HiddenBounds, Tensor, Tensor, Tensor]:
         """Cheap symbolic bounds first; boxes they leave open get full CROWN bounds."""
         ct = self.ct
-        hidden = symbolic_bounds(self.layers, batch.lower, batch.upper)
+        prior = unpack_hidden(batch.hidden, self.widths)
+        hidden = symbolic_bounds(self.layers, batch.lower, batch.upper, prior)
         sb = spec_lower_bounds(self.layers, hidden, batch.lower, batch.upper, ct.c, ct.d)
         row_lb, coef = sb.lower, sb.coef
         disj_lb = group_max(row_lb, ct.group, ct.n_disjuncts)
@@ -182,7 +223,7 @@ class _Search:
             disj_lb = group_max(row_lb, ct.group, ct.n_disjuncts)
         return hidden, row_lb, coef, disj_lb
 
-    def _corner_candidates(self, batch: Queue, coef: Tensor) -> Counterexample | None:
+    def _corner_candidates(self, batch: Boxes, coef: Tensor) -> Counterexample | None:
         """Evaluate the box centres and the corners that minimise each row's bound."""
         corners = torch.where(coef > 0, batch.lower.unsqueeze(1), batch.upper.unsqueeze(1))
         mid = ((batch.lower + batch.upper) / 2).unsqueeze(1)
@@ -190,19 +231,26 @@ class _Search:
         self.stats.attack_points += pts.shape[0]
         return self._confirm(falsify.evaluate_points(self.layers, self.ct, pts))
 
-    def _split_dims(self, batch: Queue, hidden: HiddenBounds, row_lb: Tensor,
-                    disj_lb: Tensor) -> Tensor:
+    def _split_dims(self, batch: Boxes, hidden: HiddenBounds, row_lb: Tensor,
+                    disj_lb: Tensor, coef: Tensor) -> Tensor:
         """Split where the interval gradient of the best open rows, times width, is largest."""
         group = self.ct.group
         best_row = row_lb >= disj_lb[:, group]  # (N, R): rows achieving their group max
         weight = (best_row & batch.alive[:, group]).to(row_lb.dtype)
-        out_weight = weight @ self.ct.c  # (N, n_out)
-        score = gradient_smear(self.layers, hidden, out_weight, batch.lower, batch.upper)
         width = batch.upper - batch.lower
+        if self.options.split == "coef":
+            score = torch.einsum("nr,nri->ni", weight, coef.abs()) * width
+        else:
+            out_weight = weight @ self.ct.c  # (N, n_out)
+            score = gradient_smear(self.layers, hidden, out_weight, batch.lower, batch.upper)
+            if self.options.split == "mix":
+                cs = torch.einsum("nr,nri->ni", weight, coef.abs()) * width
+                score = score / score.sum(1, keepdim=True).clamp_min(1e-300) + \
+                    cs / cs.sum(1, keepdim=True).clamp_min(1e-300)
         score = torch.where(width > 0, score + 1e-30 * width, torch.full_like(score, -1.0))
         return score.argmax(1)
 
-    def _split(self, batch: Queue, dims: Tensor, prio: Tensor) -> Queue:
+    def _split(self, batch: Boxes, dims: Tensor, prio: Tensor) -> Boxes:
         n = len(batch)
         rows = torch.arange(n)
         mid = (batch.lower[rows, dims] + batch.upper[rows, dims]) / 2
@@ -210,22 +258,22 @@ class _Search:
         left_hi[rows, dims] = mid
         right_lo = batch.lower.clone()
         right_lo[rows, dims] = mid
-        return Queue(torch.cat([batch.lower, right_lo]), torch.cat([left_hi, batch.upper]),
-                     batch.alive.repeat(2, 1), prio.repeat(2))
+        return Boxes(torch.cat([batch.lower, right_lo]), torch.cat([left_hi, batch.upper]),
+                     batch.alive.repeat(2, 1), prio.repeat(2), batch.hidden.repeat(2, 1, 1))
 
     def _round(self, queue: Queue, iteration: int) -> Counterexample | None:
-        deep = len(queue) > self.options.max_queue
-        batch = queue.pop(self.options.batch_size, deepest=deep)
+        batch = queue.pop(self.options.batch_size)
         hidden, row_lb, coef, disj_lb = self._bound(batch)
         batch.alive &= ~(disj_lb > 0)
         open_ = batch.alive.any(1)
         if not bool(open_.any()):
             return None
-        batch = Queue(batch.lower[open_], batch.upper[open_], batch.alive[open_],
-                      torch.where(batch.alive[open_], disj_lb[open_], torch.inf).amin(1))
         row_lb, coef, disj_lb = row_lb[open_], coef[open_], disj_lb[open_]
         hidden = HiddenBounds(tuple(t[open_] for t in hidden.lower),
                               tuple(t[open_] for t in hidden.upper))
+        batch = Boxes(batch.lower[open_], batch.upper[open_], batch.alive[open_],
+                      torch.where(batch.alive[open_], disj_lb, torch.inf).amin(1),
+                      pack_hidden(hidden))
         cex = self._corner_candidates(batch, coef)
         if cex is None and iteration % self.options.attack_every == 0:
             cex = self._box_attack(batch)
@@ -233,9 +281,9 @@ class _Search:
             return cex
         tiny = (batch.upper - batch.lower).amax(1) <= self.min_width
         self.unresolved += int(tiny.sum())
-        dims = self._split_dims(batch, hidden, row_lb, disj_lb)
+        dims = self._split_dims(batch, hidden, row_lb, disj_lb, coef)
         keep = ~tiny
-        kept = Queue(batch.lower[keep], batch.upper[keep], batch.alive[keep], batch.prio[keep])
+        kept = batch.select(keep)
         queue.push(self._split(kept, dims[keep], kept.prio))
         return None
 
@@ -252,8 +300,11 @@ class _Search:
         if cex is not None:
             return self._result(Verdict.VIOLATED, cex)
         k = self.ct.n_disjuncts
-        queue = Queue(self.ct.lower[None].clone(), self.ct.upper[None].clone(),
-                      torch.ones((1, k), dtype=torch.bool), torch.zeros(1, dtype=torch.float64))
+        no_prior = torch.tensor([-torch.inf, torch.inf]).reshape(1, 2, 1)
+        root = Boxes(self.ct.lower[None].clone(), self.ct.upper[None].clone(),
+                     torch.ones((1, k), dtype=torch.bool), torch.zeros(1, dtype=torch.float64),
+                     no_prior.expand(1, 2, sum(self.widths)).to(torch.float32).clone())
+        queue = Queue(root, self.options.best_first_limit)
         iteration = 0
         while len(queue) > 0:
             if self.deadline.expired():

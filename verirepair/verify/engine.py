@@ -16,6 +16,7 @@ from verirepair.network import Network, onnx_session, torch_layers
 from verirepair.spec_types import Spec
 from verirepair.verify.bab import BabOptions, Deadline, Progress, verify_case
 from verirepair.verify.types import Result, Stats, Verdict
+from verirepair.verify.z3_engine import z3_engine
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ def _accumulate(total: Stats, part: Stats) -> None:
 
 ENGINES: dict[str, Callable[[Network, Spec, VerifyOptions, Progress | None], Result]] = {
     "bab": _bab_engine,
+    "z3": z3_engine,
 }
 
 

@@ -1,0 +1,407 @@
+"""The ONNX lowering in :mod:`verirepair.network` agrees with onnxruntime.
+
+Every test builds a small ONNX graph in code (opset 13, float32), loads it with
+``load_network`` and compares the lowered float64 ``AffineReluNet`` with onnxruntime on the
+original model, on random float32 inputs. One test per operator or graph feature.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from verirepair.errors import ModelError
+from verirepair.network import Network, load_network, run_onnxruntime
+
+N_SAMPLES = 64
+RTOL = 1e-5
+
+
+# --------------------------------------------------------------------------- helpers
+
+def rand(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
+    """float32 values uniform in [-scale, scale]."""
+    return (rng.uniform(-scale, scale, size=shape)).astype(np.float32)
+
+
+def init(name: str, value: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def shape_init(name: str, shape: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(shape, dtype=np.int64), name)
+
+
+def save_model(tmp_path: Path, nodes: list[onnx.NodeProto], in_shape: list[int],
+               out_shape: list[int] | None, inits: list[onnx.TensorProto],
+               inits_as_inputs: bool = False, name: str = "m.onnx") -> Path:
+    """Build a one-input, one-output graph ``input -> ... -> output`` and save it."""
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)]
+    if inits_as_inputs:  # like the ACAS Xu files (IR version 3 style)
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                   for t in inits]
+    output = helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)
+    graph = helper.make_graph(nodes, "g", inputs, [output], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+def assert_agrees(network: Network, x: np.ndarray) -> np.ndarray:
+    """Lowered forward (float64 on float32 inputs) equals onnxruntime on every row."""
+    x = np.asarray(x, dtype=np.float32)
+    ours = network.net.forward(x.astype(np.float64))
+    ort = run_onnxruntime(network, x)
+    assert ours.shape == ort.shape == (x.shape[0], network.n_outputs)
+    scale = max(1.0, float(np.max(np.abs(ort))))
+    np.testing.assert_allclose(ours, ort, rtol=RTOL, atol=RTOL * scale)
+    return ort
+
+
+def check(path: Path, n_inputs: int, n_outputs: int, seed: int = 0,
+          scale: float = 1.0) -> Network:
+    """Load ``path`` and compare with onnxruntime on ``N_SAMPLES`` random inputs."""
+    network = load_network(path)
+    assert (network.n_inputs, network.n_outputs) == (n_inputs, n_outputs)
+    x = rand(np.random.default_rng(seed), N_SAMPLES, n_inputs, scale=scale)
+    y = assert_agrees(network, x)
+    # the test is only meaningful if the output actually varies with the input
+    assert np.ptp(y, axis=0).max() > 1e-3
+    return network
+
+
+def mlp_nodes(first_input: str, sizes: list[int], rng: np.random.Generator,
+              final_relu: bool = False) -> tuple[list, list]:
+    """MatMul+Add(+Relu) layers from ``first_input`` to ``output``."""
+    nodes, inits = [], []
+    cur = first_input
+    for k, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        last = k == len(sizes) - 2
+        inits += [init(f"W{k}", rand(rng, n_in, n_out)), init(f"B{k}", rand(rng, n_out))]
+        nodes.append(helper.make_node("MatMul", [cur, f"W{k}"], [f"mm{k}"], name=f"mm{k}"))
+        add_out = "output" if last and not final_relu else f"add{k}"
+        nodes.append(helper.make_node("Add", [f"mm{k}", f"B{k}"], [add_out], name=f"add{k}"))
+        cur = add_out
+        if not last or final_relu:
+            relu_out = "output" if last else f"relu{k}"
+            nodes.append(helper.make_node("Relu", [add_out], [relu_out], name=f"relu{k}"))
+            cur = relu_out
+    return nodes, inits
+
+
+# --------------------------------------------------------------------------- MatMul / Gemm
+
+def test_matmul_add_relu_chain(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    nodes, inits = mlp_nodes("input", [4, 8, 6, 3], rng)
+    path = save_model(tmp_path, nodes, [1, 4], [1, 3], inits)
+    network = check(path, 4, 3)
+    assert len(network.net.layers) == 3
+    assert [len(s.node_names) for s in network.segments] == [2, 2, 2]
+
+
+def test_lowered_first_layer_equals_float32_initializer_exactly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    nodes, inits = mlp_nodes("input", [5, 7, 2], rng)
+    path = save_model(tmp_path, nodes, [1, 5], [1, 2], inits)
+    network = load_network(path)
+    w0 = numpy_helper.to_array(inits[0])
+    b0 = numpy_helper.to_array(inits[1])
+    first = network.net.layers[0]
+    assert first.weight.dtype == np.float64
+    np.testing.assert_array_equal(first.weight, w0.astype(np.float64).T)
+    np.testing.assert_array_equal(first.bias, b0.astype(np.float64))
+    assert np.all(first.weight.astype(np.float32).astype(np.float64) == first.weight)
+    assert network.segments[0].initializers == ("W0", "B0")
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, -2.0)])
+@pytest.mark.parametrize("with_c", [True, False])
+def test_gemm(tmp_path: Path, trans_b: int, alpha: float, beta: float, with_c: bool) -> None:
+    rng = np.random.default_rng(3)
+    w = rand(rng, 4, 6)  # (in, out)
+    b = w.T.copy() if trans_b else w
+    inits = [init("B", b)]
+    gemm_in = ["h", "B"]
+    if with_c:
+        inits.append(init("C", rand(rng, 6)))
+        gemm_in.append("C")
+    nodes = [
+        helper.make_node("Relu", ["input"], ["h"], name="relu_in"),
+        helper.make_node("Gemm", gemm_in, ["output"], name="gemm", alpha=alpha, beta=beta,
+                         transB=trans_b),
+    ]
+    # a leading Relu on the input makes the first layer the identity; also test
+    # Gemm directly on the input
+    path = save_model(tmp_path, nodes, [1, 4], [1, 6], inits)
+    check(path, 4, 6)
+    direct = [helper.make_node("Gemm", ["input"] + gemm_in[1:], ["output"], name="gemm",
+                               alpha=alpha, beta=beta, transB=trans_b)]
+    path2 = save_model(tmp_path, direct, [1, 4], [1, 6], inits, name="direct.onnx")
+    check(path2, 4, 6)
+
+
+# --------------------------------------------------------------------------- elementwise
+
+def test_sub_and_div_by_constants(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    mean = rand(rng, 1, 5)
+    std = (rng.uniform(0.5, 3.0, size=(5,))).astype(np.float32)
+    nodes = [
+        helper.make_node("Sub", ["input", "mean"], ["centred"], name="sub"),
+        helper.make_node("Div", ["centred", "std"], ["scaled"], name="div"),
+    ]
+    more, inits = mlp_nodes("scaled", [5, 6, 3], rng)
+    path = save_model(tmp_path, nodes + more, [1, 5], [1, 3],
+                      [init("mean", mean), init("std", std)] + inits)
+    check(path, 5, 3, scale=3.0)
+
+
+def test_constant_minus_input(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    c = rand(rng, 5, scale=2.0)
+    nodes = [helper.make_node("Sub", ["c", "input"], ["d"], name="sub_rev")]
+    more, inits = mlp_nodes("d", [5, 6, 3], rng)
+    path = save_model(tmp_path, nodes + more, [1, 5], [1, 3], [init("c", c)] + inits)
+    network = check(path, 5, 3)
+    # the linear part of c - x is -I
+    x = rand(rng, 3, 5)
+    rev_only = [helper.make_node("Sub", ["c", "input"], ["output"], name="sub_rev")]
+    path2 = save_model(tmp_path, rev_only, [1, 5], [1, 5], [init("c", c)], name="rev.onnx")
+    net2 = load_network(path2)
+    np.testing.assert_array_equal(net2.net.layers[0].weight, -np.eye(5))
+    np.testing.assert_array_equal(net2.net.forward(x.astype(np.float64)),
+                                  c.astype(np.float64) - x.astype(np.float64))
+    assert network.n_inputs == 5
+
+
+def test_add_constant_first_operand(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Add", ["c", "input"], ["a"], name="add_rev")]
+    more, inits = mlp_nodes("a", [4, 5, 2], rng)
+    path = save_model(tmp_path, nodes + more, [1, 4], [1, 2],
+                      [init("c", rand(rng, 4))] + inits)
+    check(path, 4, 2)
+
+
+def test_mul_by_constant(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    nodes = [
+        helper.make_node("Mul", ["input", "s"], ["m1"], name="mul_vec"),
+        helper.make_node("Mul", ["k", "m1"], ["m2"], name="mul_scalar_first"),
+    ]
+    more, inits = mlp_nodes("m2", [4, 6, 3], rng)
+    path = save_model(tmp_path, nodes + more, [1, 4], [1, 3],
+                      [init("s", rand(rng, 4, scale=3.0)),
+                       init("k", np.array(-1.5, np.float32))] + inits)
+    check(path, 4, 3)
+
+
+# --------------------------------------------------------------------------- shapes
+
+def test_flatten_of_acasxu_style_input_with_initializers_as_inputs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    nodes = [
+        helper.make_node("Sub", ["input", "avg"], ["centred"], name="sub"),
+        helper.make_node("Flatten", ["centred"], ["flat"], name="flatten", axis=1),
+    ]
+    more, inits = mlp_nodes("flat", [5, 8, 8, 5], rng)
+    inits = [init("avg", np.zeros((1, 1, 1, 5), np.float32) + 0.25)] + inits
+    path = save_model(tmp_path, nodes + more, [1, 1, 1, 5], [1, 5], inits,
+                      inits_as_inputs=True)
+    network = check(path, 5, 5)
+    assert network.input_name == "input"
+    assert network.input_shape == (1, 1, 1, 5)
+
+
+@pytest.mark.parametrize("target", [[1, -1], [-1]], ids=["1x-1", "-1"])
+def test_reshape(tmp_path: Path, target: list[int]) -> None:
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Reshape", ["input", "shape"], ["flat"], name="reshape")]
+    more, inits = mlp_nodes("flat", [6, 7, 3], rng)
+    out_shape = [1, 3] if len(target) == 2 else [3]
+    path = save_model(tmp_path, nodes + more, [1, 2, 3], out_shape,
+                      [shape_init("shape", target)] + inits)
+    check(path, 6, 3)
+
+
+def test_identity_and_dropout(tmp_path: Path) -> None:
+    rng = np.random.default_rng(10)
+    nodes = [
+        helper.make_node("Identity", ["input"], ["i1"], name="identity"),
+        helper.make_node("Dropout", ["i1"], ["d1"], name="dropout"),
+    ]
+    more, inits = mlp_nodes("d1", [4, 6, 3], rng)
+    relu_pos = [i for i, n in enumerate(more) if n.op_type == "Relu"][0]
+    more.insert(relu_pos + 1, helper.make_node("Dropout", ["relu0"], ["relu0_d"],
+                                               name="dropout2"))
+    more[relu_pos + 2].input[0] = "relu0_d"  # the next MatMul reads the Dropout output
+    path = save_model(tmp_path, nodes + more, [1, 4], [1, 3], inits)
+    check(path, 4, 3)
+
+
+def test_constant_node_supplies_weight(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    w = rand(rng, 4, 5)
+    b = rand(rng, 5)
+    nodes = [
+        helper.make_node("Constant", [], ["W"], name="const_w",
+                         value=numpy_helper.from_array(w, "W")),
+        helper.make_node("Constant", [], ["Bc"], name="const_b",
+                         value=numpy_helper.from_array(b, "Bc")),
+        helper.make_node("MatMul", ["input", "W"], ["mm"], name="mm"),
+        helper.make_node("Add", ["mm", "Bc"], ["h"], name="add"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "W2"], ["output"], name="mm2"),
+    ]
+    path = save_model(tmp_path, nodes, [1, 4], [1, 3], [init("W2", rand(rng, 5, 3))])
+    network = check(path, 4, 3)
+    np.testing.assert_array_equal(network.net.layers[0].weight, w.astype(np.float64).T)
+
+
+def test_transpose_keeping_batch_first(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["t"], name="transpose", perm=[0, 2, 1]),
+        helper.make_node("Flatten", ["t"], ["flat"], name="flatten", axis=1),
+    ]
+    more, inits = mlp_nodes("flat", [6, 5, 2], rng)
+    path = save_model(tmp_path, nodes + more, [1, 2, 3], [1, 2], inits)
+    network = check(path, 6, 2)
+    # the transpose is a permutation: pure input 0 of the ONNX layout (row-major [1,2,3])
+    nodes_only = [helper.make_node("Transpose", ["input"], ["output"], name="transpose",
+                                   perm=[0, 2, 1])]
+    path2 = save_model(tmp_path, nodes_only, [1, 2, 3], [1, 3, 2], [], name="t.onnx")
+    net2 = load_network(path2)
+    x = np.arange(6, dtype=np.float64).reshape(1, 6)
+    np.testing.assert_array_equal(net2.net.forward(x), [[0, 3, 1, 4, 2, 5]])
+    assert network.n_inputs == 6
+
+
+# --------------------------------------------------------------------------- convolution
+
+def conv_head(rng: np.random.Generator, conv_out: int, n_flat: int) -> tuple[list, list]:
+    """Relu -> Flatten -> Gemm(transB=1) after the tensor ``conv``."""
+    nodes = [
+        helper.make_node("Relu", ["conv"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["flat"], name="flatten", axis=1),
+        helper.make_node("Gemm", ["flat", "Wg", "Bg"], ["output"], name="gemm", transB=1),
+    ]
+    inits = [init("Wg", rand(rng, 3, n_flat)), init("Bg", rand(rng, 3))]
+    return nodes, inits
+
+
+@pytest.mark.parametrize("strides,pads,out_hw", [
+    ([2, 2], [1, 1, 1, 1], 3),
+    ([1, 1], [1, 0, 0, 2], (5, 6)),
+    ([2, 1], [0, 2, 1, 0], (3, 6)),
+], ids=["stride2-pad1", "asym-pads", "asym-stride-pads"])
+def test_conv_relu_flatten_gemm(tmp_path: Path, strides: list[int], pads: list[int],
+                                out_hw: int | tuple[int, int]) -> None:
+    rng = np.random.default_rng(13)
+    h, w = (out_hw, out_hw) if isinstance(out_hw, int) else out_hw
+    channels = 2
+    conv = helper.make_node("Conv", ["input", "Wc", "Bc"], ["conv"], name="conv",
+                            kernel_shape=[3, 3], strides=strides, pads=pads)
+    head, head_inits = conv_head(rng, channels, channels * h * w)
+    inits = [init("Wc", rand(rng, channels, 1, 3, 3)), init("Bc", rand(rng, channels))]
+    path = save_model(tmp_path, [conv] + head, [1, 1, 6, 6], [1, 3], inits + head_inits)
+    check(path, 36, 3)
+
+
+def test_batchnorm_after_conv(tmp_path: Path) -> None:
+    rng = np.random.default_rng(14)
+    channels = 2
+    nodes = [
+        helper.make_node("Conv", ["input", "Wc"], ["c0"], name="conv", kernel_shape=[3, 3],
+                         strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c0", "scale", "bias", "mean", "var"],
+                         ["conv"], name="bn", epsilon=1e-3),
+    ]
+    head, head_inits = conv_head(rng, channels, channels * 9)
+    inits = [
+        init("Wc", rand(rng, channels, 1, 3, 3)),
+        init("scale", rand(rng, channels, scale=2.0)),
+        init("bias", rand(rng, channels)),
+        init("mean", rand(rng, channels)),
+        init("var", rng.uniform(0.1, 2.0, size=channels).astype(np.float32)),
+    ]
+    path = save_model(tmp_path, nodes + head, [1, 1, 6, 6], [1, 3], inits + head_inits)
+    check(path, 36, 3)
+
+
+# --------------------------------------------------------------------------- ReLU placement
+
+def test_net_ending_in_relu(tmp_path: Path) -> None:
+    rng = np.random.default_rng(15)
+    nodes, inits = mlp_nodes("input", [4, 6, 5], rng, final_relu=True)
+    path = save_model(tmp_path, nodes, [1, 4], [1, 5], inits)
+    network = check(path, 4, 5)
+    x = rand(rng, N_SAMPLES, 4)
+    assert np.all(network.net.forward(x) >= 0.0)
+
+
+def test_two_consecutive_relus(tmp_path: Path) -> None:
+    rng = np.random.default_rng(16)
+    nodes, inits = mlp_nodes("input", [4, 6, 3], rng)
+    relu_pos = [i for i, n in enumerate(nodes) if n.op_type == "Relu"][0]
+    nodes.insert(relu_pos + 1, helper.make_node("Relu", ["relu0"], ["relu0b"], name="relu_b"))
+    nodes[relu_pos + 2].input[0] = "relu0b"
+    path = save_model(tmp_path, nodes, [1, 4], [1, 3], inits)
+    check(path, 4, 3)
+
+
+def test_relu_directly_on_input(tmp_path: Path) -> None:
+    rng = np.random.default_rng(17)
+    nodes, inits = mlp_nodes("r_in", [4, 6, 3], rng)
+    nodes.insert(0, helper.make_node("Relu", ["input"], ["r_in"], name="relu_in"))
+    path = save_model(tmp_path, nodes, [1, 4], [1, 3], inits)
+    check(path, 4, 3)
+
+
+# --------------------------------------------------------------------------- ACAS Xu
+
+@pytest.mark.parametrize("ab", ["1_1", "2_9", "5_3"])
+def test_acasxu_networks_agree_with_onnxruntime(benchmarks_dir: Path, ab: str) -> None:
+    path = benchmarks_dir / "acasxu" / f"ACASXU_run2a_{ab}_batch_2000.onnx"
+    network = load_network(path)
+    assert (network.n_inputs, network.n_outputs) == (5, 5)
+    assert len(network.net.layers) == 7
+    x = np.random.default_rng(18).uniform(-0.5, 0.5, size=(200, 5)).astype(np.float32)
+    assert_agrees(network, x)
+
+
+# --------------------------------------------------------------------------- sharing
+
+def test_constant_computed_from_constants_may_feed_two_nodes(tmp_path: Path) -> None:
+    """A derived constant (Mul of two initializers) used by two layers is not branching."""
+    rng = np.random.default_rng(19)
+    nodes = [
+        helper.make_node("Mul", ["Q", "two"], ["Q2"], name="scale_q"),
+        helper.make_node("MatMul", ["input", "Q2"], ["a"], name="mm1"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "Q2"], ["output"], name="mm2"),
+    ]
+    inits = [init("Q", rand(rng, 5, 5)), init("two", np.array(2.0, np.float32))]
+    path = save_model(tmp_path, nodes, [1, 5], [1, 5], inits)
+    check(path, 5, 5)
+
+
+def test_input_dependent_tensor_feeding_two_nodes_is_rejected(tmp_path: Path) -> None:
+    rng = np.random.default_rng(20)
+    nodes = [
+        helper.make_node("MatMul", ["input", "W"], ["h"], name="mm"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Add", ["r", "h"], ["output"], name="residual"),
+    ]
+    path = save_model(tmp_path, nodes, [1, 4], [1, 4], [init("W", rand(rng, 4, 4))])
+    with pytest.raises(ModelError, match="'h' feeds 2 nodes"):
+        load_network(path)
