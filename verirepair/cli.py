@@ -57,8 +57,20 @@ def _progress_printer(quiet: bool) -> Callable[[Stats, int], None] | None:
     return show
 
 
+SMALL_NETWORK_NEURONS = 100
+
+
+def _choose_threads(requested: int, network) -> None:
+    """--threads, or 1 thread for tiny networks (thread start-up costs more than it saves)."""
+    if requested:
+        torch.set_num_threads(requested)
+    elif sum(l.n_out for l in network.net.layers[:-1]) < SMALL_NETWORK_NEURONS:
+        torch.set_num_threads(1)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     network = load_network(args.model)
+    _choose_threads(args.threads, network)
     spec = load_spec(args.property)
     if args.result_file:
         _check_writable(Path(args.result_file))
@@ -138,8 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
     try:
         return args.run(args)
     except VerirepairError as exc:

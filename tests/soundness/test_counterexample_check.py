@@ -167,3 +167,23 @@ def test_confirm_moves_the_point_into_the_box_before_running(sum_network) -> Non
     cex = confirm(sum_network, case, 0, upper)
     assert cex is not None and case.box.contains(cex.x)
     assert np.all(cex.x == f32_down(0.1))
+
+
+def test_bab_says_unknown_quickly_when_the_box_has_no_float32_input(sum_network) -> None:
+    """Unsafe everywhere in real arithmetic, but no float32 input exists in the box:
+    never VIOLATED (nothing can be confirmed), never HOLDS, and no wasted timeout."""
+    import time
+
+    from verirepair.network import torch_layers
+    from verirepair.verify.bab import Deadline, verify_case
+    from verirepair.verify.types import Verdict
+
+    lower = np.array([-1.0, 0.1])
+    upper = np.array([1.0, 0.1])  # 0.1 is not a float32 value
+    case = SpecCase(box=Box(lower=lower, upper=upper), unsafe=y_at_least(-10.0))
+    start = time.monotonic()
+    result = verify_case(sum_network, torch_layers(sum_network.net), case, 0,
+                         Deadline.after(30.0))
+    assert result.verdict is Verdict.UNKNOWN
+    assert "float32" in result.reason
+    assert time.monotonic() - start < 10.0

@@ -29,7 +29,7 @@ from verirepair.bounds import (HiddenBounds, crown_hidden_bounds, gradient_smear
 from verirepair.network import Network
 from verirepair.spec_types import SpecCase
 from verirepair.verify import falsify
-from verirepair.verify.confirm import confirm
+from verirepair.verify.confirm import confirm, float32_inside
 from verirepair.verify.problem import CaseTensors, case_tensors, group_max
 from verirepair.verify.types import Counterexample, Result, Stats, Verdict
 
@@ -50,7 +50,7 @@ class BabOptions:
     confirm_per_round: int = 4
     min_rel_width: float = 1e-9
     hidden_bounds: str = "crown"
-    split: str = "mix"
+    split: str = "mix:0.5"
     seed: int = 0
 
 
@@ -160,10 +160,16 @@ class _Search:
         self.min_width = options.min_rel_width * float((self.ct.upper - self.ct.lower).max())
         self.unresolved = 0
         self.widths = [w.shape[0] for w, _ in layers[:-1]]
+        lo, hi = case.box.lower, case.box.upper
+        self.float32_box = float32_inside(lo, lo, hi) is not None
+        self.real_only_violation = False
         self.last_report = time.monotonic()
 
     # -- counterexamples ---------------------------------------------------------
     def _confirm(self, cands: falsify.Candidates) -> Counterexample | None:
+        if len(cands.x) and not self.float32_box:
+            self.real_only_violation = True
+            return None
         for x in cands.x[: self.options.confirm_per_round]:
             cex = confirm(self.network, self.case, self.case_index, x.numpy(), self.session)
             if cex is not None:
@@ -238,15 +244,17 @@ class _Search:
         best_row = row_lb >= disj_lb[:, group]  # (N, R): rows achieving their group max
         weight = (best_row & batch.alive[:, group]).to(row_lb.dtype)
         width = batch.upper - batch.lower
-        if self.options.split == "coef":
-            score = torch.einsum("nr,nri->ni", weight, coef.abs()) * width
+        coef_score = torch.einsum("nr,nri->ni", weight, coef.abs()) * width
+        coef_score = coef_score / coef_score.sum(1, keepdim=True).clamp_min(1e-300)
+        out_weight = weight @ self.ct.c  # (N, n_out)
+        smear = gradient_smear(self.layers, hidden, out_weight, batch.lower, batch.upper)
+        smear = smear / smear.sum(1, keepdim=True).clamp_min(1e-300)
+        kind, _, param = self.options.split.partition(":")
+        t = float(param or 0.5)
+        if kind == "geo":
+            score = smear.clamp_min(1e-300) ** t * coef_score.clamp_min(1e-300) ** (1 - t)
         else:
-            out_weight = weight @ self.ct.c  # (N, n_out)
-            score = gradient_smear(self.layers, hidden, out_weight, batch.lower, batch.upper)
-            if self.options.split == "mix":
-                cs = torch.einsum("nr,nri->ni", weight, coef.abs()) * width
-                score = score / score.sum(1, keepdim=True).clamp_min(1e-300) + \
-                    cs / cs.sum(1, keepdim=True).clamp_min(1e-300)
+            score = t * smear + (1 - t) * coef_score
         score = torch.where(width > 0, score + 1e-30 * width, torch.full_like(score, -1.0))
         return score.argmax(1)
 
@@ -299,6 +307,9 @@ class _Search:
         cex = self._initial_attack()
         if cex is not None:
             return self._result(Verdict.VIOLATED, cex)
+        if self.real_only_violation:
+            return self._result(Verdict.UNKNOWN, reason="unsafe in real arithmetic, but the "
+                                "box contains no float32 input to confirm it")
         k = self.ct.n_disjuncts
         no_prior = torch.tensor([-torch.inf, torch.inf]).reshape(1, 2, 1)
         root = Boxes(self.ct.lower[None].clone(), self.ct.upper[None].clone(),
@@ -312,6 +323,9 @@ class _Search:
             cex = self._round(queue, iteration)
             if cex is not None:
                 return self._result(Verdict.VIOLATED, cex)
+            if self.real_only_violation:
+                return self._result(Verdict.UNKNOWN, reason="unsafe in real arithmetic, but "
+                                    "the box contains no float32 input to confirm it")
             iteration += 1
             self._report(len(queue))
         if self.unresolved:

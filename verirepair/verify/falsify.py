@@ -61,8 +61,9 @@ def pgd_attack(layers: Layers, ct: CaseTensors, lower: Tensor, upper: Tensor,
     for step in range(steps):
         with torch.enable_grad():
             x.requires_grad_(True)
-            margin = unsafe_margin(ct, torch_forward(layers, x))
-            (grad,) = torch.autograd.grad(margin.sum(), x)
+            y = torch_forward(layers, x)
+            margin = unsafe_margin(ct, y)
+            (grad,) = torch.autograd.grad(_attack_loss(ct, y).sum(), x)
         with torch.no_grad():
             better = margin < best_m
             best_m = torch.where(better, margin.detach(), best_m)
@@ -74,6 +75,15 @@ def pgd_attack(layers: Layers, ct: CaseTensors, lower: Tensor, upper: Tensor,
     all_x = torch.cat([best_x, final.x])
     all_m = torch.cat([best_m, final.margin])
     return _sorted_unsafe(all_x, all_m, limit)
+
+
+def _attack_loss(ct: CaseTensors, y: Tensor) -> Tensor:
+    """Smooth surrogate of the margin: per disjunct the summed excess of its rows (all
+    rows pushed at once, not just the worst), minimised over disjuncts. (N,)"""
+    excess = (y @ ct.c.T - ct.d).clamp_min(0.0)
+    per = torch.zeros((y.shape[0], ct.n_disjuncts), dtype=y.dtype)
+    per = per.index_add(1, ct.group, excess)
+    return per.min(dim=1).values
 
 
 def random_starts(lower: Tensor, upper: Tensor, per_box: int,
