@@ -276,11 +276,12 @@ def _backward_lower(layers: Layers, hidden: HiddenBounds, depth: int, lam: Tenso
         else:
             alpha = torch.where(unstable, (u > -l).to(l.dtype),
                                 (l >= 0).to(l.dtype)).unsqueeze(1)
-        lam_pos, lam_neg = lam.clamp_min(0), lam.clamp_max(0)
+        # shift >= 0, so |lam_neg| . |shift| = -(lam_neg . shift): one product serves both.
         shift = torch.where(unstable, -s_up * l, torch.zeros_like(l))
-        const = const + torch.bmm(lam_neg, shift.unsqueeze(-1)).squeeze(-1)
-        mag = mag + torch.bmm(lam_neg.abs(), shift.abs().unsqueeze(-1)).squeeze(-1)
-        lam = lam_pos * alpha + lam_neg * s_up.unsqueeze(1)
+        shifted = torch.bmm(lam.clamp_max(0), shift.unsqueeze(-1)).squeeze(-1)
+        const = const + shifted
+        mag = mag - shifted
+        lam = lam * torch.where(lam >= 0, alpha, s_up.unsqueeze(1))
         w, b = layers[k]
         const = const + lam @ b
         mag = mag + lam.abs() @ b.abs()

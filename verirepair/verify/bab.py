@@ -45,8 +45,9 @@ class BabOptions:
     random_samples: int = 4096
     pgd_starts: int = 32
     pgd_steps: int = 30
-    attack_every: int = 4
-    attack_boxes: int = 64
+    attack_every: int = 2
+    attack_boxes: int = 256
+    attack_starts: int = 4
     confirm_per_round: int = 4
     min_rel_width: float = 1e-9
     hidden_bounds: str = "crown"
@@ -198,7 +199,8 @@ class _Search:
         k = min(self.options.attack_boxes, len(batch))
         idx = torch.topk(batch.prio, k, largest=False).indices
         lo, hi = batch.lower[idx], batch.upper[idx]
-        starts, lo2, hi2 = falsify.random_starts(lo, hi, 2, self.gen)
+        starts, lo2, hi2 = falsify.random_starts(lo, hi, self.options.attack_starts,
+                                                 self.gen)
         self.stats.attack_points += starts.shape[0] * self.options.pgd_steps
         return self._confirm(falsify.pgd_attack(self.layers, self.ct, lo2, hi2, starts,
                                                 self.options.pgd_steps))
@@ -229,11 +231,15 @@ class _Search:
             disj_lb = group_max(row_lb, ct.group, ct.n_disjuncts)
         return hidden, row_lb, coef, disj_lb
 
-    def _corner_candidates(self, batch: Boxes, coef: Tensor) -> Counterexample | None:
-        """Evaluate the box centres and the corners that minimise each row's bound."""
+    def _corner_candidates(self, batch: Boxes, coef: Tensor, row_lb: Tensor
+                           ) -> Counterexample | None:
+        """Evaluate the box centres, the corners that minimise each row's bound, and per
+        disjunct the point minimising the max of its rows' linear lower bounds."""
         corners = torch.where(coef > 0, batch.lower.unsqueeze(1), batch.upper.unsqueeze(1))
         mid = ((batch.lower + batch.upper) / 2).unsqueeze(1)
-        pts = torch.cat([mid, corners], dim=1).reshape(-1, batch.lower.shape[1])
+        joint = falsify.linear_surrogate_points(coef, row_lb, batch.lower, batch.upper,
+                                                self.ct.group, self.ct.n_disjuncts)
+        pts = torch.cat([mid, corners, joint], dim=1).reshape(-1, batch.lower.shape[1])
         self.stats.attack_points += pts.shape[0]
         return self._confirm(falsify.evaluate_points(self.layers, self.ct, pts))
 
@@ -282,7 +288,7 @@ class _Search:
         batch = Boxes(batch.lower[open_], batch.upper[open_], batch.alive[open_],
                       torch.where(batch.alive[open_], disj_lb, torch.inf).amin(1),
                       pack_hidden(hidden))
-        cex = self._corner_candidates(batch, coef)
+        cex = self._corner_candidates(batch, coef, row_lb)
         if cex is None and iteration % self.options.attack_every == 0:
             cex = self._box_attack(batch)
         if cex is not None:

@@ -77,6 +77,28 @@ def pgd_attack(layers: Layers, ct: CaseTensors, lower: Tensor, upper: Tensor,
     return _sorted_unsafe(all_x, all_m, limit)
 
 
+def linear_surrogate_points(coef: Tensor, row_lb: Tensor, lower: Tensor, upper: Tensor,
+                            group: Tensor, n_groups: int, steps: int = 24) -> Tensor:
+    """Per box and disjunct, approximately minimise max over its rows of the rows' linear
+    lower bounds ``coef @ x + const`` over the box (projected sign-subgradient descent
+    with a halving step). Returns candidate points (N, K, n_in) for the real network."""
+    mid, rad = (upper + lower) / 2, (upper - lower) / 2
+    const = row_lb - (torch.einsum("nri,ni->nr", coef, mid)
+                      - torch.einsum("nri,ni->nr", coef.abs(), rad))
+    x = mid.unsqueeze(1).repeat(1, n_groups, 1)  # (N, K, n)
+    in_group = group.unsqueeze(0) == torch.arange(n_groups).unsqueeze(1)  # (K, R)
+    step = 0.5
+    for _ in range(steps):
+        vals = torch.einsum("nri,nki->nkr", coef, x) + const.unsqueeze(1)  # (N, K, R)
+        vals = vals.masked_fill(~in_group.unsqueeze(0), -torch.inf)
+        top = vals.argmax(dim=2)  # (N, K)
+        grad = torch.gather(coef, 1, top.unsqueeze(-1).expand(-1, -1, coef.shape[2]))
+        x = x - step * torch.sign(grad) * rad.unsqueeze(1)
+        x = torch.minimum(torch.maximum(x, lower.unsqueeze(1)), upper.unsqueeze(1))
+        step *= 0.8
+    return x
+
+
 def _attack_loss(ct: CaseTensors, y: Tensor) -> Tensor:
     """Smooth surrogate of the margin: per disjunct the summed excess of its rows (all
     rows pushed at once, not just the worst), minimised over disjuncts. (N,)"""
