@@ -1,4 +1,4 @@
-"""Command line: ``verirepair check`` (and later ``repair``).
+"""Command line: ``verirepair check`` and ``verirepair repair``.
 
 Bad input is reported as one line on stderr with a non-zero exit code, never a traceback.
 """
@@ -120,6 +120,69 @@ def _threads(text: str) -> int:
     return value
 
 
+EXIT_NOT_REPAIRED = 30
+
+
+def _check_domain(args: argparse.Namespace) -> None:
+    if args.domain_lower is None:
+        return
+    lo, hi = args.domain_lower, args.domain_upper
+    if len(lo) != len(hi) or any(not a <= b for a, b in zip(lo, hi)):
+        raise InputFileError("--domain-lower/--domain-upper: need the same count of "
+                             "numbers with lower <= upper")
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from verirepair.repair.loop import RepairOptions, repair
+    from verirepair.repair.summary import repair_summary
+
+    if (args.domain_lower is None) != (args.domain_upper is None):
+        raise InputFileError("--domain-lower and --domain-upper must be given together")
+    out = Path(args.output)
+    _check_writable(out)
+    if args.report:
+        _check_writable(Path(args.report))
+    if out.exists() and out.resolve() == Path(args.model).resolve():
+        raise InputFileError(f"{out}: refusing to overwrite the input model")
+    _check_domain(args)
+    if not args.quiet:
+        logging.getLogger("verirepair").setLevel(logging.INFO)
+    options = RepairOptions(argmax=args.argmax, domain_lower=args.domain_lower,
+                            domain_upper=args.domain_upper)
+    report = repair(args.model, args.property, args.preserve or [], out, args.budget, options)
+    if args.report:
+        write_atomic(args.report, json_text(report.to_dict()) + "\n")
+    print(repair_summary(report))
+    ok = report.status == "proven" or report.status.startswith("nothing to repair")
+    return EXIT_HOLDS if ok else EXIT_NOT_REPAIRED
+
+
+def _add_repair_parser(sub) -> None:
+    rep = sub.add_parser(
+        "repair", help="repair the last layer until every property is proven",
+        description="Change the last layer as little as possible (QP) so that every "
+                    "target and preserved property is proven; the saved file is re-loaded "
+                    "and verified before it is written to -o.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"exit codes: {EXIT_HOLDS} proven (or nothing to repair), "
+               f"{EXIT_NOT_REPAIRED} not repaired, {EXIT_BAD_INPUT} bad input")
+    rep.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
+    rep.add_argument("property", nargs="+", help="VNN-LIB properties to repair")
+    rep.add_argument("-o", "--output", required=True, help="where to write the repaired model")
+    rep.add_argument("--preserve", nargs="+", action="extend",
+                     help="VNN-LIB properties that must still hold")
+    rep.add_argument("--budget", type=_seconds, default=600.0, help="seconds (default 600)")
+    rep.add_argument("--report", help="write the JSON report here")
+    rep.add_argument("--domain-lower", type=float, nargs="+", metavar="X",
+                     help="input domain lower bounds (one number per input)")
+    rep.add_argument("--domain-upper", type=float, nargs="+", metavar="X",
+                     help="input domain upper bounds (one number per input)")
+    rep.add_argument("--argmax", action="store_true",
+                     help="the decision is the argmax output (default: argmin)")
+    rep.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    rep.set_defaults(run=_cmd_repair)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="verirepair",
@@ -143,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--threads", type=_threads, default=0,
                        help="torch threads (default: all cores)")
     check.set_defaults(run=_cmd_check)
+    _add_repair_parser(sub)
     return parser
 
 

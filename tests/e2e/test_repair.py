@@ -1,0 +1,247 @@
+"""``verirepair repair`` end to end, plus unit tests of the last-layer QP encoding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from verirepair.repair.qp import BoxRows, SampleRows, build_qp, solve
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "demo_advisory.onnx"
+FAR_IS_COC = ROOT / "properties" / "demo_far_is_coc.vnnlib"  # violated
+NEAR_TURN = ROOT / "properties" / "demo_near_turn.vnnlib"  # holds
+
+
+def run_cli(*args: str | Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "verirepair.cli", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    return proc
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- tiny models
+
+def tiny_model(seed: int = 3, sizes: tuple[int, ...] = (2, 8, 8, 2)) -> onnx.ModelProto:
+    """MatMul + Add (+ Relu) MLP with float32 weights; input 'x' [1, n], output 'y'."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, cur = [], [], "x"
+    last = len(sizes) - 2
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+        bias = (0.3 * rng.standard_normal(b)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(bias, f"B{i}")]
+        out = "y" if i == last else f"a{i}"
+        nodes += [helper.make_node("MatMul", [cur, f"W{i}"], [f"m{i}"], name=f"MatMul{i}"),
+                  helper.make_node("Add", [f"m{i}", f"B{i}"], [out], name=f"Add{i}")]
+        cur = out
+        if i < last:
+            nodes.append(helper.make_node("Relu", [cur], [f"r{i}"], name=f"Relu{i}"))
+            cur = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, sizes[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, sizes[-1]])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def vnnlib(lower: list[float], upper: list[float], n_out: int, unsafe: str) -> str:
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(lower))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
+    for i, (lo, hi) in enumerate(zip(lower, upper)):
+        lines += [f"(assert (>= X_{i} {lo!r}))", f"(assert (<= X_{i} {hi!r}))"]
+    return "\n".join(lines + [unsafe]) + "\n"
+
+
+def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [1 if not isinstance(d, int) else d for d in inp.shape]
+    return np.stack([sess.run(None, {inp.name: row.astype(np.float32).reshape(shape)})[0]
+                     .reshape(-1) for row in x])
+
+
+# --------------------------------------------------------------------------- (a) demo
+
+def test_demo_repair_is_proven(tmp_path: Path) -> None:
+    before = sha256(MODEL)
+    out, report = tmp_path / "repaired.onnx", tmp_path / "report.json"
+    proc = run_cli("repair", MODEL, FAR_IS_COC, "--preserve", NEAR_TURN, "-o", out,
+                   "--report", report, "--budget", "600", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "proven" in proc.stdout
+    assert sha256(MODEL) == before
+    data = json.loads(report.read_text())
+    assert data["status"] == "proven"
+    assert data["agreement"] >= 0.99
+    assert all(p["after"] == "holds" for p in data["properties"])
+    y = ort_run(out, np.random.default_rng(0).uniform(-1, 1, (16, 5)))
+    assert y.shape == (16, 5) and np.all(np.isfinite(y))
+    for prop in (FAR_IS_COC, NEAR_TURN):
+        check = run_cli("check", out, prop, "--timeout", "120", "--quiet")
+        assert check.returncode == 0 and check.stdout.startswith("holds"), check.stdout
+
+
+# --------------------------------------------------------------------------- (b) planted
+
+def test_generated_network_with_planted_violation(tmp_path: Path) -> None:
+    model_path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_model(), str(model_path))
+    lower, upper = [0.0, 0.0], [0.5, 0.5]
+    grid = np.stack(np.meshgrid(np.linspace(0, 0.5, 41), np.linspace(0, 0.5, 41)),
+                    -1).reshape(-1, 2)
+    y = ort_run(model_path, grid)
+    gap = y[:, 0] - y[:, 1]
+    threshold = float(np.quantile(gap, 0.1))  # ~10 % of the box violates "Y_0 - Y_1 > t"
+    prop = tmp_path / "planted.vnnlib"
+    prop.write_text(vnnlib(lower, upper, 2,
+                           f"(assert (<= (+ Y_0 (* -1.0 Y_1)) {threshold!r}))"))
+    assert run_cli("check", model_path, prop, "--quiet").returncode == 10
+    out = tmp_path / "fixed.onnx"
+    proc = run_cli("repair", model_path, prop, "-o", out, "--budget", "300",
+                   "--domain-lower", "-1", "-1", "--domain-upper", "1", "1", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert run_cli("check", out, prop, "--quiet").returncode == 0
+    y2 = ort_run(out, grid)
+    assert np.all(y2[:, 0] - y2[:, 1] > threshold)
+
+
+# --------------------------------------------------------------------------- (c) impossible
+
+def test_impossible_repair_exits_30_without_output(tmp_path: Path) -> None:
+    model_path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_model(), str(model_path))
+    prop = tmp_path / "everything_unsafe.vnnlib"
+    prop.write_text(vnnlib([0.0, 0.0], [0.5, 0.5], 2,
+                           "(assert (or (and (<= Y_0 Y_1)) (and (<= Y_1 Y_0))))"))
+    out = tmp_path / "never.onnx"
+    proc = run_cli("repair", model_path, prop, "-o", out, "--budget", "120", "--quiet")
+    assert proc.returncode == 30, proc.stdout + proc.stderr
+    assert "failed" in proc.stdout
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
+
+
+def test_missing_output_folder_is_bad_input(tmp_path: Path) -> None:
+    proc = run_cli("repair", MODEL, FAR_IS_COC, "-o", tmp_path / "no" / "x.onnx")
+    assert proc.returncode == 2 and proc.stderr.startswith("error:")
+
+
+# --------------------------------------------------------------------------- (d) QP encoding
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_qp_solution_makes_every_box_safe(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_out, width, m = 3, 6, 25
+    weight, bias = rng.standard_normal((n_out, width)), rng.standard_normal(n_out)
+    hl = np.maximum(rng.standard_normal((m, width)), 0.0)
+    hu = hl + np.where(rng.random((m, width)) < 0.3, 0.0, rng.random((m, width)))
+    c = 0.3 * rng.standard_normal((m, n_out))
+    c[:, 0] = 1.0  # raising b_0 helps every row: feasible by construction
+    mid, rad = (hl + hu) / 2, (hu - hl) / 2
+    a = c @ weight
+    lb0 = np.einsum("mh,mh->m", mid, a) - np.einsum("mh,mh->m", rad, np.abs(a)) + c @ bias
+    d = lb0 + rng.uniform(-1.0, 0.5, m)  # about a third of the rows need a change
+    rows = BoxRows(mid=(hl + hu) / 2, rad=(hu - hl) / 2, c=c, d=d, leaf=np.arange(m))
+    samples = SampleRows(np.zeros((0, width)), np.zeros(0, int), np.zeros(0, int))
+    eps = 1e-3
+    problem = build_qp(weight, bias, rows, np.ones(m, bool), samples, np.zeros(0, bool),
+                       eps, 0.0)
+    sol = solve(problem, n_out, width)
+    assert sol is not None
+    w2, b2 = weight + sol[0], bias + sol[1]
+    h = hl[:, None, :] + (hu - hl)[:, None, :] * rng.random((m, 2000, width))
+    corners = np.where(rng.random((m, 64, width)) < 0.5, hl[:, None], hu[:, None])
+    for pts in (h, corners):
+        value = np.einsum("mo,mso->ms", c, pts @ w2.T + b2) - d[:, None]
+        assert np.all(value >= eps - 1e-6)
+
+
+def test_qp_sample_rows_keep_decisions() -> None:
+    rng = np.random.default_rng(5)
+    n_out, width = 3, 4
+    weight, bias = rng.standard_normal((n_out, width)), rng.standard_normal(n_out)
+    h = np.abs(rng.standard_normal((10, width)))
+    rows = BoxRows(mid=h[:1], rad=np.zeros((1, width)), c=np.array([[1.0, -1.0, 0.0]]),
+                   d=np.array([-5.0]), leaf=np.zeros(1, int))
+    y = h @ weight.T + bias
+    win = y.argmin(1)
+    lose = (win + 1) % n_out
+    samples = SampleRows(h, win, lose)
+    problem = build_qp(weight, bias, rows, np.ones(1, bool), samples, np.ones(10, bool),
+                       1e-3, 1e-3)
+    sol = solve(problem, n_out, width)
+    assert sol is not None
+    y2 = h @ (weight + sol[0]).T + bias + sol[1]
+    n = np.arange(10)
+    assert np.all(y2[n, win] <= y2[n, lose] - 1e-3 + 1e-6)
+
+
+# --------------------------------------------------------------------------- save
+
+def _gemm_model(trans_b: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(7)
+    w0 = rng.standard_normal((2, 3)).astype(np.float32)
+    w1 = rng.standard_normal((3, 2) if not trans_b else (2, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w0, "W0"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "B0"),
+             numpy_helper.from_array(w1, "W1"),
+             numpy_helper.from_array(np.ones(2, np.float32), "B1")]
+    nodes = [helper.make_node("MatMul", ["x", "W0"], ["m0"], name="MatMul0"),
+             helper.make_node("Add", ["m0", "B0"], ["a0"], name="Add0"),
+             helper.make_node("Relu", ["a0"], ["r0"], name="Relu0"),
+             helper.make_node("Gemm", ["r0", "W1", "B1"], ["y"], name="Gemm1", transB=trans_b)]
+    graph = helper.make_graph(
+        nodes, "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_patched_gemm_round_trip(tmp_path: Path, trans_b: int) -> None:
+    from verirepair.network import load_network
+    from verirepair.repair.save import patched_model
+
+    path = tmp_path / "gemm.onnx"
+    onnx.save(_gemm_model(trans_b), str(path))
+    network = load_network(path)
+    new_w = np.arange(6, dtype=np.float64).reshape(2, 3) / 8
+    new_b = np.array([0.5, -0.25])
+    out = tmp_path / "patched.onnx"
+    onnx.save(patched_model(network, new_w, new_b), str(out))
+    again = load_network(out)
+    np.testing.assert_array_equal(again.net.layers[-1].weight, new_w)
+    np.testing.assert_array_equal(again.net.layers[-1].bias, new_b)
+    np.testing.assert_array_equal(again.net.layers[0].weight, network.net.layers[0].weight)
+
+
+def test_unsupported_last_layer_is_a_clear_error(tmp_path: Path) -> None:
+    model = tiny_model()
+    last_add = next(n for n in model.graph.node if n.name == "Add2")
+    last_add.input[1] = "B2x"
+    model.graph.node.insert(0, helper.make_node("Identity", ["B2"], ["B2x"], name="Id"))
+    path = tmp_path / "odd.onnx"
+    onnx.save(model, str(path))
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(vnnlib([0.0, 0.0], [0.5, 0.5], 2, "(assert (<= Y_0 -100.0))"))
+    proc = run_cli("repair", path, prop, "-o", tmp_path / "x.onnx")
+    assert proc.returncode == 2 and proc.stderr.startswith("error:"), proc.stderr
+    assert "last layer" in proc.stderr
+    assert not (tmp_path / "x.onnx").exists()

@@ -1,0 +1,312 @@
+"""``repair(...)``: last-layer repair that is proven by construction, then re-verified.
+
+Steps: verify targets -> partition every target and preserved region on the original
+network -> QP (incremental rows; split boxes when infeasible) -> round to float32 and
+re-check every box row soundly -> save to a temporary file -> RE-LOAD it and verify every
+property with the complete verifier -> rename to ``out_path`` only if all hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from verirepair.errors import MismatchError
+from verirepair.net_types import Affine, AffineReluNet
+from verirepair.network import Network, load_network
+from verirepair.repair.partition import Partition, partition, refine
+from verirepair.repair.qp import (BoxRows, QPOutcome, SampleRows, box_slack,
+                                  solve_incremental, sound_box_margin)
+from verirepair.repair.rows import (box_rows, counterexample_mask, decision_rows,
+                                    hidden_and_output, sample_boxes)
+from verirepair.repair.save import last_layer_initializers, patched_model, save_temp
+from verirepair.spec import load_spec
+from verirepair.spec_types import Spec
+from verirepair.verify.engine import VerifyOptions, check_compatible, verify
+from verirepair.verify.types import Verdict
+
+
+log = logging.getLogger("verirepair.repair")
+
+
+@dataclass(frozen=True)
+class RepairOptions:
+    max_boxes: int = 1000  # leaves per case in the first partition
+    min_width: float = 1.0 / 64  # smallest relative box width that is still split
+    eps_rel: float = 1e-5  # box margin, relative to the output scale
+    margin_rel: float = 1e-3  # decision margin kept on benign samples, relative
+    domain_samples: int = 20000
+    box_samples: int = 500  # per case box
+    split_rounds: int = 4
+    rounding_rounds: int = 6
+    max_qp_iterations: int = 30
+    fidelity_samples: int = 100_000
+    argmax: bool = False
+    soft_weight: float = 100.0  # cost per unit of a broken decision margin (soft mode)
+    domain_lower: tuple[float, ...] | None = None
+    domain_upper: tuple[float, ...] | None = None
+    seed: int = 0
+
+
+@dataclass
+class PropertyReport:
+    path: str
+    role: str  # "target" | "preserve"
+    before: str
+    after: str = "not checked"
+    seconds: float = 0.0  # verification of the repaired file
+    seconds_before: float = 0.0  # verification of the original
+
+
+@dataclass
+class RepairReport:
+    model: str
+    output: str | None
+    status: str = "failed: not started"
+    properties: list[PropertyReport] = field(default_factory=list)
+    changed_parameters: int = 0
+    l2_change: float = 0.0
+    linf_change: float = 0.0
+    iterations: int = 0
+    qp_sizes: list[tuple[int, int]] = field(default_factory=list)
+    leaf_boxes: int = 0
+    box_rows: int = 0
+    sample_rows: int = 0
+    eps: float = 0.0
+    agreement: float | None = None
+    max_output_change: float | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Problem:
+    network: Network
+    specs: list[Spec]
+    parts: list[Partition]
+    samples: SampleRows
+    domain: tuple[np.ndarray, np.ndarray]
+    scale: float
+
+
+def _deadline_left(start: float, budget: float) -> float:
+    return max(0.0, budget - (time.monotonic() - start))
+
+
+def _domain(specs: list[Spec], options: RepairOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The user's domain box, or the hull of all property boxes."""
+    if options.domain_lower is not None and options.domain_upper is not None:
+        return (np.asarray(options.domain_lower, float), np.asarray(options.domain_upper, float))
+    lows = [c.box.lower for s in specs for c in s.cases]
+    ups = [c.box.upper for s in specs for c in s.cases]
+    return np.min(lows, axis=0), np.max(ups, axis=0)
+
+
+def _check_domain(options: RepairOptions, n_inputs: int) -> None:
+    for bound in (options.domain_lower, options.domain_upper):
+        if bound is not None and len(bound) != n_inputs:
+            raise MismatchError(f"the input domain has {len(bound)} numbers but the model "
+                                f"has {n_inputs} inputs")
+
+
+def _samples(network: Network, specs: list[Spec], domain, options: RepairOptions,
+             ) -> tuple[SampleRows, float]:
+    """Decision rows on benign samples and the output scale (max |y| on them)."""
+    rng = np.random.default_rng(options.seed)
+    boxes = [domain] + [(c.box.lower, c.box.upper) for s in specs for c in s.cases]
+    counts = [options.domain_samples] + [options.box_samples] * (len(boxes) - 1)
+    x = sample_boxes(rng, boxes, counts)
+    h, y = hidden_and_output(network.net, x)
+    scale = float(max(np.abs(y).max(), 1e-6))
+    bad = counterexample_mask(x, y, specs)
+    return decision_rows(h, y, bad, options.margin_rel * scale, options.argmax), scale
+
+
+def _verify_all(network: Network, specs: list[Spec], seconds: float) -> list[tuple[Verdict, float]]:
+    out = []
+    per = max(seconds / max(len(specs), 1), 1.0)
+    for spec in specs:
+        t0 = time.monotonic()
+        result = verify(network, spec, VerifyOptions(timeout=per))
+        out.append((result.verdict, time.monotonic() - t0))
+    return out
+
+
+def _with_last(net: AffineReluNet, weight: np.ndarray, bias: np.ndarray) -> AffineReluNet:
+    return AffineReluNet(net.layers[:-1] + (Affine(weight=weight, bias=bias),))
+
+
+def _split_unproven(prob: _Problem, rows: BoxRows, eps: float) -> bool:
+    """Bisect every leaf that has a row not met by the original last layer."""
+    last = prob.network.net.layers[-1]
+    bad = np.zeros(sum(p.size for p in prob.parts), dtype=bool)
+    bad[rows.leaf[box_slack(last.weight, last.bias, rows) < eps]] = True
+    offset, changed = 0, False
+    for i, part in enumerate(prob.parts):
+        mask = bad[offset:offset + part.size]
+        offset += part.size
+        if mask.any():
+            prob.parts[i] = refine(prob.network.net, prob.specs[i], part, mask)
+            changed = True
+    return changed
+
+
+def _solve(prob: _Problem, options: RepairOptions, report: RepairReport, start: float,
+           budget: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """QP with splitting on infeasibility and eps growth on float32 rounding failures."""
+    last = prob.network.net.layers[-1]
+    eps = options.eps_rel * prob.scale
+    samples = prob.samples
+    for _ in range(options.split_rounds + options.rounding_rounds + 2):
+        if _deadline_left(start, budget) <= 0:
+            report.notes.append("budget ended during the QP phase")
+            return None
+        rows = box_rows(prob.network.net, list(zip(prob.specs, prob.parts)))
+        soft = options.soft_weight if "soft decision rows" in report.notes else None
+        out = solve_incremental(last.weight, last.bias, rows, samples, eps,
+                                options.margin_rel * prob.scale, options.max_qp_iterations,
+                                soft=soft)
+        _record(report, out, rows, eps)
+        if out.dW is None:
+            samples = _recover(prob, rows, samples, eps, options, report)
+            if samples is None:
+                return None
+            continue
+        w32 = (last.weight + out.dW).astype(np.float32).astype(np.float64)
+        b32 = (last.bias + out.db).astype(np.float32).astype(np.float64)
+        if np.all(sound_box_margin(w32, b32, rows) > 0):
+            return w32, b32
+        eps *= 4.0
+        report.notes.append("float32 rounding broke a box row: eps x4")
+    report.notes.append("no sound solution within the iteration limits")
+    return None
+
+
+def _recover(prob: _Problem, rows: BoxRows, samples: SampleRows, eps: float,
+             options: RepairOptions, report: RepairReport) -> SampleRows | None:
+    """After an infeasible QP: drop conflicting decision rows, or split boxes.
+
+    Returns the decision rows to use next, or None when nothing is left to try.
+    """
+    last = prob.network.net.layers[-1]
+    empty = SampleRows(samples.h[:0], samples.win[:0], samples.lose[:0])
+    if samples.size and solve_incremental(last.weight, last.bias, rows, empty, eps, 0.0,
+                                          options.max_qp_iterations).dW is not None:
+        if "soft decision rows" not in report.notes:
+            report.notes.append("soft decision rows")
+            return samples
+        report.notes.append("infeasible with decision rows: dropped them all")
+        return empty
+    if report.notes.count("split") < options.split_rounds and _split_unproven(prob, rows, eps):
+        report.notes.append("split")
+        return samples
+    report.notes.append("QP infeasible: the last layer cannot fix every box")
+    return None
+
+
+def _record(report: RepairReport, out: QPOutcome, rows: BoxRows, eps: float) -> None:
+    report.iterations += out.iterations
+    report.qp_sizes.extend(out.sizes)
+    report.box_rows = rows.size
+    report.sample_rows = out.sample_rows_used
+    report.leaf_boxes = int(rows.leaf.max()) + 1 if rows.size else 0
+    report.eps = eps
+
+
+def _fidelity(original: AffineReluNet, repaired: AffineReluNet, domain, options) -> tuple[float, float]:
+    rng = np.random.default_rng(options.seed + 1)
+    x = sample_boxes(rng, [domain], [options.fidelity_samples])
+    y0, y1 = original.forward(x), repaired.forward(x)
+    pick = np.argmax if options.argmax else np.argmin
+    return float(np.mean(pick(y0, axis=1) == pick(y1, axis=1))), float(np.abs(y1 - y0).max())
+
+
+def _change_stats(report: RepairReport, original: AffineReluNet, w: np.ndarray, b: np.ndarray) -> None:
+    delta = np.concatenate([(w - original.layers[-1].weight).ravel(),
+                            b - original.layers[-1].bias])
+    report.changed_parameters = int(np.sum(np.abs(delta) > 1e-12))
+    report.l2_change = float(np.linalg.norm(delta))
+    report.linf_change = float(np.abs(delta).max())
+
+
+def repair(network_path: str | Path, target_spec_paths: list[str | Path],
+           preserve_spec_paths: list[str | Path], out_path: str | Path, budget_s: float,
+           options: RepairOptions = RepairOptions()) -> RepairReport:
+    """Repair the last layer so that every target and preserved property is proven.
+
+    Requires: readable model and specs (bad input raises VerirepairError). Returns the
+    report; ``out_path`` is written only when status == "proven" (sound: the saved file
+    is re-loaded and every property verified by the complete verifier).
+    """
+    start = time.monotonic()
+    network = load_network(network_path)
+    targets = [load_spec(p) for p in target_spec_paths]
+    preserves = [load_spec(p) for p in preserve_spec_paths]
+    specs = targets + preserves
+    for spec in specs:
+        check_compatible(network, spec)
+    last_layer_initializers(network)  # unsupported last layer: clear error up front
+    _check_domain(options, network.n_inputs)
+    report = RepairReport(model=str(network_path), output=None)
+    roles = ["target"] * len(targets) + ["preserve"] * len(preserves)
+    paths = [str(p) for p in list(target_spec_paths) + list(preserve_spec_paths)]
+    before = _verify_all(network, specs, min(_deadline_left(start, budget_s) / 4, 60.0))
+    report.properties = [PropertyReport(p, r, v.value, seconds_before=round(t, 3))
+                         for p, r, (v, t) in zip(paths, roles, before)]
+    log.info("before: %s", ", ".join(f"{p}: {v.value}" for p, (v, _) in zip(paths, before)))
+    if all(v is Verdict.HOLDS for v, _ in before):
+        report.status = "nothing to repair: every property already holds"
+        report.seconds = time.monotonic() - start
+        return report
+    _run(network, specs, out_path, budget_s, options, report, start)
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
+         options: RepairOptions, report: RepairReport, start: float) -> None:
+    domain = _domain(specs, options)
+    parts = [partition(network.net, s, options.max_boxes, options.min_width) for s in specs]
+    log.info("partition: %d leaf boxes", sum(p.size for p in parts))
+    samples, scale = _samples(network, specs, domain, options)
+    prob = _Problem(network, specs, parts, samples, domain, scale)
+    solved = _solve(prob, options, report, start, budget_s)
+    if solved is None:
+        report.status = "failed: " + report.notes[-1]
+        return
+    w32, b32 = solved
+    _change_stats(report, network.net, w32, b32)
+    log.info("QP solved (%d solves); verifying the saved file", report.iterations)
+    tmp = save_temp(patched_model(network, w32, b32), out_path)
+    try:
+        _prove_and_publish(network, specs, tmp, out_path, domain, options, report, start,
+                           budget_s)
+    finally:
+        if tmp.exists():
+            os.unlink(tmp)
+
+
+def _prove_and_publish(network: Network, specs: list[Spec], tmp: Path, out_path,
+                       domain, options: RepairOptions, report: RepairReport, start: float,
+                       budget_s: float) -> None:
+    repaired = load_network(tmp)
+    results = _verify_all(repaired, specs, max(_deadline_left(start, budget_s), 5.0))
+    for prop, (verdict, seconds) in zip(report.properties, results):
+        prop.after, prop.seconds = verdict.value, round(seconds, 3)
+    report.agreement, report.max_output_change = _fidelity(network.net, repaired.net,
+                                                           domain, options)
+    failed = [p.path for p in report.properties if p.after != Verdict.HOLDS.value]
+    if failed:
+        report.status = "failed: not proven on the saved file: " + ", ".join(failed)
+        return
+    os.replace(tmp, out_path)
+    report.output = str(out_path)
+    report.status = "proven"

@@ -1,0 +1,26 @@
+"""Human-readable summary of a RepairReport."""
+
+from __future__ import annotations
+
+from verirepair.repair.loop import RepairReport
+
+
+def repair_summary(report: RepairReport) -> str:
+    """A few lines: status, per-property verdicts, size of the change, fidelity."""
+    lines = [f"repair: {report.status}"]
+    for prop in report.properties:
+        lines.append(f"  {prop.role:8s} {prop.path}: {prop.before} "
+                     f"({prop.seconds_before:.2f} s) -> {prop.after} ({prop.seconds:.2f} s)")
+    if report.changed_parameters:
+        lines.append(f"  changed parameters: {report.changed_parameters}, "
+                     f"L2 {report.l2_change:.4g}, Linf {report.linf_change:.4g}")
+        lines.append(f"  leaf boxes: {report.leaf_boxes}, QP solves: {report.iterations}")
+    if report.agreement is not None:
+        lines.append(f"  decision agreement: {100 * report.agreement:.2f} %, "
+                     f"max output change: {report.max_output_change:.4g}")
+    if report.output:
+        lines.append(f"  written: {report.output}")
+    else:
+        lines.append("  no output file written")
+    lines.append(f"  time: {report.seconds:.1f} s")
+    return "\n".join(lines)
