@@ -1,0 +1,138 @@
+"""Repair benchmark: the 36 unsafe ACAS Xu (network, property) pairs.
+
+For each pair the target property is repaired while every other property that applies to
+that network is preserved (φ1, φ3, φ4 on all but N1,7–N1,9; φ5–φ10 on their networks).
+The repaired file is then re-checked by the ``verirepair check`` command in a fresh
+process, property by property. Writes ``acasxu_repair.csv`` and ``acasxu_repair.md``.
+
+    python benchmarks/acasxu_repair.py [--filter REGEX] [--budget S] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from verirepair.repair.loop import RepairOptions, repair  # noqa: E402
+
+# The normalised ACAS Xu input domain (the networks' training range).
+DOMAIN_LOWER = (-0.328422877, -0.499999896, -0.499999896, -0.5, -0.5)
+DOMAIN_UPPER = (0.679857769, 0.499999896, 0.499999896, 0.5, 0.5)
+SINGLE_NETWORK_PROPS = {5: (1, 1), 6: (1, 1), 7: (1, 9), 8: (2, 9), 9: (3, 3), 10: (4, 5)}
+
+
+def unsafe_pairs() -> list[tuple[int, int, int]]:
+    """(a, b, property) of the classic 36 unsafe pairs."""
+    pairs = [(a, b, 2) for a in range(2, 6) for b in range(1, 10)
+             if (a, b) not in ((3, 3), (4, 2))]
+    return pairs + [(1, 9, 7), (2, 9, 8)]
+
+
+def applicable(a: int, b: int) -> list[int]:
+    """Properties defined for network N(a,b) in the original ACAS Xu study."""
+    props = [1, 2, 3, 4] if not (a == 1 and b in (7, 8, 9)) else [1]
+    if a == 1:  # φ2 was defined for a >= 2 only
+        props = [p for p in props if p != 2]
+    props += [p for p, net in SINGLE_NETWORK_PROPS.items() if net == (a, b)]
+    return props
+
+
+def check_cli(model: Path, prop: Path, timeout: float) -> tuple[str, float]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "verirepair.cli", "check", str(model),
+                           str(prop), "--quiet", "--timeout", str(timeout)],
+                          capture_output=True, text=True)
+    verdict = proc.stdout.split("\n", 1)[0].strip() if proc.stdout else "error"
+    return verdict, time.perf_counter() - start
+
+
+def run_pair(bench: Path, out: Path, a: int, b: int, prop: int, budget: float) -> dict:
+    model = bench / f"ACASXU_run2a_{a}_{b}_batch_2000.onnx"
+    target = bench / f"prop_{prop}.vnnlib"
+    preserve = [bench / f"prop_{p}.vnnlib" for p in applicable(a, b) if p != prop]
+    repaired = out / f"N{a}_{b}_prop_{prop}.onnx"
+    options = replace(RepairOptions(), domain_lower=DOMAIN_LOWER, domain_upper=DOMAIN_UPPER)
+    start = time.perf_counter()
+    report = repair(model, [target], preserve, repaired, budget, options)
+    seconds = time.perf_counter() - start
+    rechecks = []
+    if report.status == "proven":
+        rechecks = [check_cli(repaired, p, 300.0) for p in [target, *preserve]]
+    proven = report.status == "proven" and all(v == "holds" for v, _ in rechecks)
+    return {
+        "network": f"N{a},{b}", "property": f"phi{prop}",
+        "preserved": " ".join(f"phi{p}" for p in applicable(a, b) if p != prop),
+        "status": report.status, "proven_by_check": proven, "seconds": round(seconds, 2),
+        "changed_parameters": report.changed_parameters,
+        "l2_change": round(report.l2_change, 6), "linf_change": round(report.linf_change, 6),
+        "agreement": report.agreement, "max_output_change": report.max_output_change,
+        "recheck": " ".join(v for v, _ in rechecks),
+    }
+
+
+def summary(rows: list[dict], command: str) -> str:
+    proven = [r for r in rows if r["proven_by_check"]]
+    agree = [r["agreement"] for r in proven if r["agreement"] is not None]
+    times = [r["seconds"] for r in rows]
+    lines = ["# ACAS Xu repair", "", f"- command: `{command}`",
+             f"- pairs: {len(rows)}, proven (re-checked by `verirepair check`): "
+             f"{len(proven)}",
+             f"- median time: {statistics.median(times):.1f} s" if times else "",
+             f"- agreement: median {statistics.median(agree):.4%}, min {min(agree):.4%}"
+             if agree else "- agreement: n/a", "",
+             "| pair | preserved | proven | s | changed | L2 | agreement | max Δy | status |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        agree_txt = "" if r["agreement"] is None else f"{r['agreement']:.4%}"
+        dy = "" if r["max_output_change"] is None else f"{r['max_output_change']:.4g}"
+        lines.append(f"| {r['network']} {r['property']} | {r['preserved']} | "
+                     f"{'yes' if r['proven_by_check'] else 'no'} | {r['seconds']} | "
+                     f"{r['changed_parameters']} | {r['l2_change']} | {agree_txt} | {dy} | "
+                     f"{r['status']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--benchmarks", default=os.environ.get(
+        "VERIREPAIR_BENCHMARKS", str(REPO / "../shared/benchmarks")))
+    parser.add_argument("--filter", default="", help="regex on 'N2,1 phi2'")
+    parser.add_argument("--budget", type=float, default=600.0)
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/repair"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    bench = Path(args.benchmarks) / "acasxu"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for a, b, prop in unsafe_pairs():
+        if args.filter and not re.search(args.filter, f"N{a},{b} phi{prop}"):
+            continue
+        row = run_pair(bench, out, a, b, prop, args.budget)
+        rows.append(row)
+        print(f"[{len(rows)}] {row['network']} {row['property']}: {row['status']} "
+              f"{row['seconds']} s agreement {row['agreement']}", file=sys.stderr,
+              flush=True)
+        with open(out / "acasxu_repair.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    (out / "acasxu_repair.md").write_text(summary(rows, " ".join(sys.argv)))
+    print(summary(rows, " ".join(sys.argv)))
+    return 0 if rows and all(r["proven_by_check"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
