@@ -38,6 +38,11 @@ class HiddenBounds:
     lower: tuple[Tensor, ...]
     upper: tuple[Tensor, ...]
 
+    def select(self, mask: Tensor) -> "HiddenBounds":
+        """The bounds of the boxes chosen by ``mask`` (boolean or index)."""
+        return HiddenBounds(tuple(t[mask] for t in self.lower),
+                            tuple(t[mask] for t in self.upper))
+
 
 def pack_hidden(hidden: HiddenBounds) -> Tensor:
     """(N, 2, H) float32 copy, rounded outward (lower down, upper up): still sound."""
@@ -308,6 +313,14 @@ def _refine_rows(layers: Layers, hb: HiddenBounds, k: int, idx: Tensor, lower: T
     return lb[:, :kk], -lb[:, kk:]
 
 
+def _refine_into(layers: Layers, hb: HiddenBounds, k: int, mask: Tensor, idx: Tensor,
+                 lower: Tensor, upper: Tensor, l: Tensor, u: Tensor) -> None:
+    """Tighten ``l``/``u`` (layer k, in place) of the boxes in ``mask`` at columns ``idx``."""
+    nl, nu = _refine_rows(layers, hb.select(mask), k, idx, lower[mask], upper[mask])
+    l[mask] = l[mask].scatter_reduce(1, idx, nl, reduce="amax")
+    u[mask] = u[mask].scatter_reduce(1, idx, nu, reduce="amin")
+
+
 def crown_hidden_bounds(layers: Layers, lower: Tensor, upper: Tensor,
                         start: HiddenBounds | None = None, per_box: int = 8
                         ) -> HiddenBounds:
@@ -330,18 +343,12 @@ def crown_hidden_bounds(layers: Layers, lower: Tensor, upper: Tensor,
         if bool(few.any()):
             kk = int(count[few].max())
             idx = torch.topk(unstable[few].to(l.dtype), kk, dim=1).indices
-            sub = HiddenBounds(tuple(t[few] for t in lows), tuple(t[few] for t in ups))
-            nl, nu = _refine_rows(layers, sub, k, idx, lower[few], upper[few])
-            l[few] = l[few].scatter_reduce(1, idx, nl, reduce="amax")
-            u[few] = u[few].scatter_reduce(1, idx, nu, reduce="amin")
+            _refine_into(layers, hb, k, few, idx, lower, upper, l, u)
         many = count > per_box
         if bool(many.any()):
             cols = unstable[many].any(0).nonzero().squeeze(1)
             idx = cols.unsqueeze(0).expand(int(many.sum()), -1)
-            sub = HiddenBounds(tuple(t[many] for t in lows), tuple(t[many] for t in ups))
-            nl, nu = _refine_rows(layers, sub, k, idx, lower[many], upper[many])
-            l[many] = l[many].scatter_reduce(1, idx, nl, reduce="amax")
-            u[many] = u[many].scatter_reduce(1, idx, nu, reduce="amin")
+            _refine_into(layers, hb, k, many, idx, lower, upper, l, u)
         lows.append(l)
         ups.append(torch.maximum(u, l))
     return HiddenBounds(tuple(lows), tuple(ups))

@@ -51,7 +51,7 @@ class BabOptions:
     confirm_per_round: int = 4
     min_rel_width: float = 1e-9
     hidden_bounds: str = "crown"
-    split: str = "mix:0.5"
+    smear_weight: float = 0.5  # split score: this x smear + rest x CROWN-coefficient score
     seed: int = 0
 
 
@@ -219,8 +219,7 @@ class _Search:
         todo = ((disj_lb <= 0) & batch.alive).any(1)
         if self.options.hidden_bounds == "crown" and bool(todo.any()):
             lo, hi = batch.lower[todo], batch.upper[todo]
-            start = HiddenBounds(tuple(t[todo] for t in hidden.lower),
-                                 tuple(t[todo] for t in hidden.upper))
+            start = hidden.select(todo)
             tight = crown_hidden_bounds(self.layers, lo, hi, start)
             sb2 = spec_lower_bounds(self.layers, tight, lo, hi, ct.c, ct.d)
             row_lb, coef = row_lb.clone(), coef.clone()
@@ -245,7 +244,8 @@ class _Search:
 
     def _split_dims(self, batch: Boxes, hidden: HiddenBounds, row_lb: Tensor,
                     disj_lb: Tensor, coef: Tensor) -> Tensor:
-        """Split where the interval gradient of the best open rows, times width, is largest."""
+        """Split dimension per box: the best open rows' smear (interval gradient x width)
+        and CROWN input-coefficient x width, each normalised, mixed by ``smear_weight``."""
         group = self.ct.group
         best_row = row_lb >= disj_lb[:, group]  # (N, R): rows achieving their group max
         weight = (best_row & batch.alive[:, group]).to(row_lb.dtype)
@@ -255,12 +255,8 @@ class _Search:
         out_weight = weight @ self.ct.c  # (N, n_out)
         smear = gradient_smear(self.layers, hidden, out_weight, batch.lower, batch.upper)
         smear = smear / smear.sum(1, keepdim=True).clamp_min(1e-300)
-        kind, _, param = self.options.split.partition(":")
-        t = float(param or 0.5)
-        if kind == "geo":
-            score = smear.clamp_min(1e-300) ** t * coef_score.clamp_min(1e-300) ** (1 - t)
-        else:
-            score = t * smear + (1 - t) * coef_score
+        w = self.options.smear_weight
+        score = w * smear + (1 - w) * coef_score
         score = torch.where(width > 0, score + 1e-30 * width, torch.full_like(score, -1.0))
         return score.argmax(1)
 
@@ -283,8 +279,7 @@ class _Search:
         if not bool(open_.any()):
             return None
         row_lb, coef, disj_lb = row_lb[open_], coef[open_], disj_lb[open_]
-        hidden = HiddenBounds(tuple(t[open_] for t in hidden.lower),
-                              tuple(t[open_] for t in hidden.upper))
+        hidden = hidden.select(open_)
         batch = Boxes(batch.lower[open_], batch.upper[open_], batch.alive[open_],
                       torch.where(batch.alive[open_], disj_lb, torch.inf).amin(1),
                       pack_hidden(hidden))
@@ -313,9 +308,6 @@ class _Search:
         cex = self._initial_attack()
         if cex is not None:
             return self._result(Verdict.VIOLATED, cex)
-        if self.real_only_violation:
-            return self._result(Verdict.UNKNOWN, reason="unsafe in real arithmetic, but the "
-                                "box contains no float32 input to confirm it")
         k = self.ct.n_disjuncts
         no_prior = torch.tensor([-torch.inf, torch.inf]).reshape(1, 2, 1)
         root = Boxes(self.ct.lower[None].clone(), self.ct.upper[None].clone(),
@@ -324,14 +316,14 @@ class _Search:
         queue = Queue(root, self.options.best_first_limit)
         iteration = 0
         while len(queue) > 0:
+            if self.real_only_violation:
+                return self._result(Verdict.UNKNOWN, reason="unsafe in real arithmetic, but "
+                                    "the box contains no float32 input to confirm it")
             if self.deadline.expired():
                 return self._result(Verdict.TIMEOUT, reason=f"{len(queue)} boxes open")
             cex = self._round(queue, iteration)
             if cex is not None:
                 return self._result(Verdict.VIOLATED, cex)
-            if self.real_only_violation:
-                return self._result(Verdict.UNKNOWN, reason="unsafe in real arithmetic, but "
-                                    "the box contains no float32 input to confirm it")
             iteration += 1
             self._report(len(queue))
         if self.unresolved:
