@@ -145,7 +145,8 @@ def test_missing_output_folder_is_bad_input(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- (d) QP encoding
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_qp_solution_makes_every_box_safe(seed: int) -> None:
+@pytest.mark.parametrize("kind_name", ["change", "interval", "mixed"])
+def test_qp_solution_makes_every_box_safe(seed: int, kind_name: str) -> None:
     rng = np.random.default_rng(seed)
     n_out, width, m = 3, 6, 25
     weight, bias = rng.standard_normal((n_out, width)), rng.standard_normal(n_out)
@@ -157,11 +158,14 @@ def test_qp_solution_makes_every_box_safe(seed: int) -> None:
     a = c @ weight
     lb0 = np.einsum("mh,mh->m", mid, a) - np.einsum("mh,mh->m", rad, np.abs(a)) + c @ bias
     d = lb0 + rng.uniform(-1.0, 0.5, m)  # about a third of the rows need a change
-    rows = BoxRows(mid=(hl + hu) / 2, rad=(hu - hl) / 2, c=c, d=d, leaf=np.arange(m))
+    rows = BoxRows(mid=(hl + hu) / 2, rad=(hu - hl) / 2, c=c, base=lb0 - d, d=d,
+                   leaf=np.arange(m))
     samples = SampleRows(np.zeros((0, width)), np.zeros(0, int), np.zeros(0, int))
     eps = 1e-3
+    kind = {"change": np.zeros(m, bool), "interval": np.ones(m, bool),
+            "mixed": rng.random(m) < 0.5}[kind_name]
     problem = build_qp(weight, bias, rows, np.ones(m, bool), samples, np.zeros(0, bool),
-                       eps, 0.0)
+                       eps, 0.0, kind=kind)
     sol = solve(problem, n_out, width)
     assert sol is not None
     w2, b2 = weight + sol[0], bias + sol[1]
@@ -177,8 +181,10 @@ def test_qp_sample_rows_keep_decisions() -> None:
     n_out, width = 3, 4
     weight, bias = rng.standard_normal((n_out, width)), rng.standard_normal(n_out)
     h = np.abs(rng.standard_normal((10, width)))
-    rows = BoxRows(mid=h[:1], rad=np.zeros((1, width)), c=np.array([[1.0, -1.0, 0.0]]),
-                   d=np.array([-5.0]), leaf=np.zeros(1, int))
+    c = np.array([[1.0, -1.0, 0.0]])
+    rows = BoxRows(mid=h[:1], rad=np.zeros((1, width)), c=c,
+                   base=c @ (weight @ h[0] + bias) + 5.0, d=np.array([-5.0]),
+                   leaf=np.zeros(1, int))
     y = h @ weight.T + bias
     win = y.argmin(1)
     lose = (win + 1) % n_out

@@ -20,7 +20,7 @@ from verirepair.errors import MismatchError
 from verirepair.net_types import Affine, AffineReluNet
 from verirepair.network import Network, load_network
 from verirepair.repair.partition import Partition, partition, refine
-from verirepair.repair.qp import (BoxRows, QPOutcome, SampleRows, box_slack,
+from verirepair.repair.qp import (BoxRows, Penalties, QPOutcome, SampleRows, box_slack,
                                   solve_incremental, sound_box_margin)
 from verirepair.repair.rows import (box_rows, counterexample_mask, decision_rows,
                                     hidden_and_output, sample_boxes)
@@ -36,18 +36,20 @@ log = logging.getLogger("verirepair.repair")
 
 @dataclass(frozen=True)
 class RepairOptions:
-    max_boxes: int = 1000  # leaves per case in the first partition
+    max_boxes: int = 5000  # leaves per case in the first partition
     min_width: float = 1.0 / 64  # smallest relative box width that is still split
-    eps_rel: float = 1e-5  # box margin, relative to the output scale
+    eps_rel: float = 1e-5  # box margin kept where the original is proven, relative
+    fix_margin_rel: float = 2e-3  # box margin where a fix is needed (eases the final proof)
     margin_rel: float = 1e-3  # decision margin kept on benign samples, relative
     domain_samples: int = 20000
     box_samples: int = 500  # per case box
-    split_rounds: int = 4
+    split_rounds: int = 12
     rounding_rounds: int = 6
-    max_qp_iterations: int = 30
+    max_qp_iterations: int = 40
     fidelity_samples: int = 100_000
     argmax: bool = False
     soft_weight: float = 100.0  # cost per unit of a broken decision margin (soft mode)
+    box_penalty: float = 1e3  # cost per unit of box shortfall (such boxes are split)
     domain_lower: tuple[float, ...] | None = None
     domain_upper: tuple[float, ...] | None = None
     seed: int = 0
@@ -77,7 +79,8 @@ class RepairReport:
     leaf_boxes: int = 0
     box_rows: int = 0
     sample_rows: int = 0
-    eps: float = 0.0
+    eps: float = 0.0  # smallest box margin required
+    fix_margin: float = 0.0  # largest box margin required (where a fix was needed)
     agreement: float | None = None
     max_output_change: float | None = None
     seconds: float = 0.0
@@ -95,6 +98,7 @@ class _Problem:
     samples: SampleRows
     domain: tuple[np.ndarray, np.ndarray]
     scale: float
+    free: np.ndarray | None = None  # (n_out, H) weight entries the patch may change
 
 
 def _deadline_left(start: float, budget: float) -> float:
@@ -144,81 +148,93 @@ def _with_last(net: AffineReluNet, weight: np.ndarray, bias: np.ndarray) -> Affi
     return AffineReluNet(net.layers[:-1] + (Affine(weight=weight, bias=bias),))
 
 
-def _split_unproven(prob: _Problem, rows: BoxRows, eps: float) -> bool:
-    """Bisect every leaf that has a row not met by the original last layer."""
-    last = prob.network.net.layers[-1]
+def _split_leaves(prob: _Problem, rows: BoxRows, which: np.ndarray) -> int:
+    """Bisect the leaves of the selected box rows once; returns how many were split."""
     bad = np.zeros(sum(p.size for p in prob.parts), dtype=bool)
-    bad[rows.leaf[box_slack(last.weight, last.bias, rows) < eps]] = True
-    offset, changed = 0, False
+    bad[rows.leaf[which]] = True
+    offset = 0
     for i, part in enumerate(prob.parts):
         mask = bad[offset:offset + part.size]
         offset += part.size
         if mask.any():
             prob.parts[i] = refine(prob.network.net, prob.specs[i], part, mask)
-            changed = True
-    return changed
+    return int(bad.sum())
+
+
+def row_margins(prob: _Problem, rows: BoxRows, options: RepairOptions) -> np.ndarray:
+    """Margin each box row must reach: ``fix_margin_rel`` where the original network is
+    not proven on the box (a comfortable margin keeps the final proof short), else
+    ``eps_rel`` (relative to the output scale)."""
+    last = prob.network.net.layers[-1]
+    zero_w, zero_b = np.zeros_like(last.weight), np.zeros_like(last.bias)
+    before = box_slack(last.weight, last.bias, zero_w, zero_b, rows)
+    return np.where(before > 0, options.eps_rel, options.fix_margin_rel) * prob.scale
+
+
+def _solve_once(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOptions
+                ) -> QPOutcome:
+    """Box rows carry the proof, decision rows only fidelity. Try hard decision rows,
+    then penalised ones; if the box rows alone are infeasible, penalise them too (the
+    boxes that fall short are then split by the caller)."""
+    last = prob.network.net.layers[-1]
+    margin = options.margin_rel * prob.scale
+    out = None
+    for penalties in (Penalties(), Penalties(sample=options.soft_weight),
+                      Penalties(box=options.box_penalty, sample=options.soft_weight)):
+        out = solve_incremental(last.weight, last.bias, rows, prob.samples, eps, margin,
+                                options.max_qp_iterations, penalties=penalties,
+                                free=prob.free)
+        if out.dW is not None:
+            return out
+    return out
 
 
 def _solve(prob: _Problem, options: RepairOptions, report: RepairReport, start: float,
            budget: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """QP with splitting on infeasibility and eps growth on float32 rounding failures."""
+    """QP with penalised box shortfall: split the boxes that fall short and solve again;
+    grow eps when float32 rounding breaks a box row. Returns float32-exact (W, b)."""
     last = prob.network.net.layers[-1]
-    eps = options.eps_rel * prob.scale
-    samples = prob.samples
+    grow = 1.0
+    splits = 0
     for _ in range(options.split_rounds + options.rounding_rounds + 2):
         if _deadline_left(start, budget) <= 0:
             report.notes.append("budget ended during the QP phase")
             return None
-        rows = box_rows(prob.network.net, list(zip(prob.specs, prob.parts)))
-        soft = options.soft_weight if "soft decision rows" in report.notes else None
-        out = solve_incremental(last.weight, last.bias, rows, samples, eps,
-                                options.margin_rel * prob.scale, options.max_qp_iterations,
-                                soft=soft)
+        rows = box_rows(list(zip(prob.specs, prob.parts)))
+        eps = grow * row_margins(prob, rows, options)
+        out = _solve_once(prob, rows, eps, options)
         _record(report, out, rows, eps)
         if out.dW is None:
-            samples = _recover(prob, rows, samples, eps, options, report)
-            if samples is None:
+            report.notes.append("the QP solver failed or hit its iteration limit")
+            return None
+        if out.short.any():
+            if splits >= options.split_rounds:
+                report.notes.append(f"{int(out.short.sum())} boxes still fall short "
+                                    f"after {splits} split rounds")
                 return None
+            count = _split_leaves(prob, rows, out.short)
+            splits += 1
+            log.info("split round %d: %d leaves fell short", splits, count)
             continue
         w32 = (last.weight + out.dW).astype(np.float32).astype(np.float64)
         b32 = (last.bias + out.db).astype(np.float32).astype(np.float64)
-        if np.all(sound_box_margin(w32, b32, rows) > 0):
+        if np.all(sound_box_margin(last.weight, last.bias, w32 - last.weight,
+                                    b32 - last.bias, rows) > 0):
             return w32, b32
-        eps *= 4.0
-        report.notes.append("float32 rounding broke a box row: eps x4")
+        grow *= 4.0
+        report.notes.append("float32 rounding broke a box row: margins x4")
     report.notes.append("no sound solution within the iteration limits")
     return None
 
 
-def _recover(prob: _Problem, rows: BoxRows, samples: SampleRows, eps: float,
-             options: RepairOptions, report: RepairReport) -> SampleRows | None:
-    """After an infeasible QP: drop conflicting decision rows, or split boxes.
-
-    Returns the decision rows to use next, or None when nothing is left to try.
-    """
-    last = prob.network.net.layers[-1]
-    empty = SampleRows(samples.h[:0], samples.win[:0], samples.lose[:0])
-    if samples.size and solve_incremental(last.weight, last.bias, rows, empty, eps, 0.0,
-                                          options.max_qp_iterations).dW is not None:
-        if "soft decision rows" not in report.notes:
-            report.notes.append("soft decision rows")
-            return samples
-        report.notes.append("infeasible with decision rows: dropped them all")
-        return empty
-    if report.notes.count("split") < options.split_rounds and _split_unproven(prob, rows, eps):
-        report.notes.append("split")
-        return samples
-    report.notes.append("QP infeasible: the last layer cannot fix every box")
-    return None
-
-
-def _record(report: RepairReport, out: QPOutcome, rows: BoxRows, eps: float) -> None:
+def _record(report: RepairReport, out: QPOutcome, rows: BoxRows, eps: np.ndarray) -> None:
     report.iterations += out.iterations
     report.qp_sizes.extend(out.sizes)
     report.box_rows = rows.size
     report.sample_rows = out.sample_rows_used
     report.leaf_boxes = int(rows.leaf.max()) + 1 if rows.size else 0
-    report.eps = eps
+    report.eps = float(eps.min()) if eps.size else 0.0
+    report.fix_margin = float(eps.max()) if eps.size else 0.0
 
 
 def _fidelity(original: AffineReluNet, repaired: AffineReluNet, domain, options) -> tuple[float, float]:

@@ -1,16 +1,28 @@
 """Last-layer repair QP: encoding (plain sparse data) separate from solving.
 
-Variables z = [vec(dW) (n_out*H, row-major), db (n_out), t (aux, |a| per box row)].
+Variables z = [the free entries of [dW | db] (row-major over the (n_out, H+1) mask),
+t (one per distinct unsafe row c and free column i: t >= |(c dW)_i|),
+s (penalised box shortfall, optional), r (penalised decision slack, optional)].
 
-Box row m (leaf box with last-hidden bounds [hl, hu], unsafe row c.y <= d): with
-a = c (W + dW), mid = (hl+hu)/2, rad = (hu-hl)/2, the patched network is safe on the box
-if   a.mid - t.rad + c.(b + db) - d >= eps,   t >= a, t >= -a   (t only where rad > 0).
-Since t >= |a| and rad >= 0, that implies  min_{h in [hl,hu]} c.((W+dW) h + b+db) - d >= eps.
+Box row m: a leaf box with last-hidden post-ReLU bounds [hl, hu] (mid, rad) and, for the
+chosen unsafe row c.y <= d, a sound lower bound ``base`` of c.y(x) - d over the box for
+the ORIGINAL network (CROWN). Only the last layer changes; two sound lower bounds of
+c.y'(x) - d on the box are linear in (dW, db) once |.| gets auxiliary variables:
+  "change" bound:   base + (c dW).mid - |c dW|.rad + c.db      (min of a sum >= sum of
+                    mins; the interval looseness touches only the CHANGE: best for
+                    small patches)
+  "interval" bound: a.mid - |a|.rad + c.(b + db) - d  with a = c (W + dW)   (best when
+                    the patch rewrites the row, e.g. a box deep in the unsafe set)
+Each row uses one kind in a given QP (``kind``: True = interval); the caller picks per
+row the larger at the current solution, which keeps that solution feasible, so the
+objective never grows. |.| is replaced by t[kind, c, i] >= |.|_i, shared by every box
+with the same kind and row c: the bound only weakens as t grows, so the optimum puts
+t = |.| and sharing loses nothing. The box is safe if its bound is >= eps.
 
 Sample row (h, win, lose): keep the decision ``win`` over ``lose`` (argmin convention,
 the caller swaps for argmax): (W+dW)_win.h + (b+db)_win <= (W+dW)_lose.h + (b+db)_lose - margin.
 
-Objective: ||dW||^2 + ||db||^2. Solved by Clarabel through qpsolvers.
+Objective: ||dW||^2 + ||db||^2 (+ penalty * sum s, + penalty * sum r). Solved by Clarabel.
 """
 
 from __future__ import annotations
@@ -25,15 +37,16 @@ import scipy.sparse as sp
 class BoxRows:
     """One constraint per (leaf box, disjunct): the chosen unsafe row c.y <= d."""
 
-    mid: np.ndarray  # (M, H)
-    rad: np.ndarray  # (M, H)
+    mid: np.ndarray  # (M, H) centre of the last-hidden bounds
+    rad: np.ndarray  # (M, H) radius of the last-hidden bounds (>= 0)
     c: np.ndarray  # (M, n_out)
-    d: np.ndarray  # (M,)
+    base: np.ndarray  # (M,) sound lower bound of c.y - d on the box, original network
+    d: np.ndarray  # (M,) right-hand side of the unsafe row
     leaf: np.ndarray  # (M,) index of the leaf box (for splitting)
 
     @property
     def size(self) -> int:
-        return int(self.d.shape[0])
+        return int(self.base.shape[0])
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,14 @@ class SampleRows:
 
 
 @dataclass(frozen=True)
+class Penalties:
+    """Linear costs per unit of broken margin; None keeps those rows hard."""
+
+    box: float | None = None
+    sample: float | None = None
+
+
+@dataclass(frozen=True)
 class QPProblem:
     """minimise 1/2 z'Pz + q'z  s.t.  G z <= h (all sparse CSC / dense vectors)."""
 
@@ -57,26 +78,63 @@ class QPProblem:
     q: np.ndarray
     G: sp.csc_matrix
     h: np.ndarray
-    n_base: int  # variables dW, db
+    free: np.ndarray  # (n_out, H+1) bool: which entries of [W | b] are variables
+    n_box_slack: int
+    n_sample_slack: int
 
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.G.shape[0]), int(self.G.shape[1])
 
+    @property
+    def n_weights(self) -> int:
+        return int(self.free.sum())
 
-def box_slack(weight: np.ndarray, bias: np.ndarray, rows: BoxRows) -> np.ndarray:
-    """min over the box of c.(weight h + bias) - d per row (M,), float64."""
-    a = np.einsum("mo,oh->mh", rows.c, weight)
+
+def all_free(weight: np.ndarray) -> np.ndarray:
+    """(n_out, H+1) mask: every weight and bias of the last layer may change."""
+    return np.ones((weight.shape[0], weight.shape[1] + 1), dtype=bool)
+
+
+def change_bound(dw: np.ndarray, db: np.ndarray, rows: BoxRows) -> np.ndarray:
+    """The "change" lower bound of c.y' - d per box row (M,), float64."""
+    a = rows.c @ dw
+    return (rows.base + np.einsum("mh,mh->m", rows.mid, a)
+            - np.einsum("mh,mh->m", rows.rad, np.abs(a)) + rows.c @ db)
+
+
+def interval_bound(weight: np.ndarray, bias: np.ndarray, dw: np.ndarray, db: np.ndarray,
+                   rows: BoxRows) -> np.ndarray:
+    """The "interval" lower bound of c.y' - d per box row (M,), float64."""
+    a = rows.c @ (weight + dw)
     return (np.einsum("mh,mh->m", rows.mid, a) - np.einsum("mh,mh->m", rows.rad, np.abs(a))
-            + rows.c @ bias - rows.d)
+            + rows.c @ (bias + db) - rows.d)
 
 
-def sound_box_margin(weight: np.ndarray, bias: np.ndarray, rows: BoxRows) -> np.ndarray:
-    """box_slack widened down by a bound on its float64 rounding error. Sound: yes."""
-    mag = (np.einsum("mh,mh->m", np.abs(rows.mid) + rows.rad,
-                     np.einsum("mo,oh->mh", np.abs(rows.c), np.abs(weight)))
-           + np.abs(rows.c) @ np.abs(bias) + np.abs(rows.d))
-    return box_slack(weight, bias, rows) - 1e-12 * mag - 1e-300
+def box_slack(weight: np.ndarray, bias: np.ndarray, dw: np.ndarray, db: np.ndarray,
+              rows: BoxRows) -> np.ndarray:
+    """Best certified lower bound of c.y' - d per box row: max of both kinds. (M,)"""
+    return np.maximum(change_bound(dw, db, rows), interval_bound(weight, bias, dw, db, rows))
+
+
+def sound_box_margin(weight: np.ndarray, bias: np.ndarray, dw: np.ndarray, db: np.ndarray,
+                     rows: BoxRows) -> np.ndarray:
+    """box_slack with each bound widened down by a bound on its float64 rounding error
+    (both are computed from float64 data exactly as written above). Sound: yes."""
+    size = np.abs(rows.mid) + rows.rad
+    ac = np.abs(rows.c)
+    err_change = 1e-12 * (np.einsum("mh,mh->m", size, ac @ np.abs(dw)) + ac @ np.abs(db)
+                          + np.abs(rows.base))
+    err_interval = 1e-12 * (np.einsum("mh,mh->m", size, ac @ (np.abs(weight) + np.abs(dw)))
+                            + ac @ (np.abs(bias) + np.abs(db)) + np.abs(rows.d))
+    return np.maximum(change_bound(dw, db, rows) - err_change,
+                      interval_bound(weight, bias, dw, db, rows) - err_interval) - 1e-300
+
+
+def best_kind(weight: np.ndarray, bias: np.ndarray, dw: np.ndarray, db: np.ndarray,
+              rows: BoxRows) -> np.ndarray:
+    """(M,) True where the interval bound beats the change bound at (dw, db)."""
+    return interval_bound(weight, bias, dw, db, rows) > change_bound(dw, db, rows)
 
 
 def sample_slack(weight: np.ndarray, bias: np.ndarray, rows: SampleRows,
@@ -87,95 +145,193 @@ def sample_slack(weight: np.ndarray, bias: np.ndarray, rows: SampleRows,
     return y[n, rows.lose] - y[n, rows.win] - margin
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Column numbering of the QP variables."""
+
+    free: np.ndarray  # (n_out, H) bool: free weights
+    index: np.ndarray  # (n_out, H+1) int: column of dW[o, i] (i < H) or db[o] (i = H)
+    n_w: int  # number of free weights and biases
+    n_out: int
+    free_cols: np.ndarray  # (F,) hidden columns with at least one free entry
+    n_groups: int
+    bias_free: np.ndarray  # (n_out,) bool
+
+    @property
+    def t0(self) -> int:
+        return self.n_w
+
+    @property
+    def n_base(self) -> int:
+        return self.t0 + self.n_groups * self.free_cols.size
+
+    def t_col(self, group: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        return self.t0 + group * self.free_cols.size + pos
+
+
+def _layout(free: np.ndarray, n_groups: int) -> _Layout:
+    index = np.full(free.shape, -1)
+    index[free] = np.arange(int(free.sum()))
+    weights = free[:, :-1]
+    cols = np.nonzero(weights.any(axis=0))[0]
+    return _Layout(weights, index, int(free.sum()), free.shape[0], cols, n_groups,
+                   free[:, -1].copy())
+
+
+def _coo(rows: list, cols: list, vals: list, shape: tuple[int, int]) -> sp.coo_matrix:
+    return sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=shape)
+
+
+def _cdw_terms(coef: np.ndarray, lay: _Layout, row_ids: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse entries of sum_{o,i free} coef[k, o, i] dW[o, i] for each row k."""
+    kk, oo, ii = np.nonzero(np.broadcast_to(lay.free, coef.shape))
+    return row_ids[kk], lay.index[oo, ii], coef[kk, oo, ii]
+
+
 def _box_block(weight: np.ndarray, bias: np.ndarray, rows: BoxRows, sel: np.ndarray,
-               eps: float, n_base: int) -> tuple[sp.coo_matrix, np.ndarray, int]:
-    """Rows of G, h for the selected box rows; returns (G block, h block, number of t)."""
-    n_out, width = weight.shape
-    c, mid, rad, d = rows.c[sel], rows.mid[sel], rows.rad[sel], rows.d[sel]
+               kind: np.ndarray, groups: np.ndarray, eps: float, lay: _Layout, n_cols: int
+               ) -> tuple[sp.coo_matrix, np.ndarray]:
+    """-(c dW).mid + t[g].rad - c.db <= rhs, one row per selected box row, where rhs is
+    base - eps (change kind) or (cW).mid - sum_fixed rad |cW| + c.b - d - eps (interval
+    kind; hidden columns without free entries keep their constant |cW|)."""
+    c, mid, rad = rows.c[sel], rows.mid[sel], rows.rad[sel]
     k = c.shape[0]
-    cw = c @ weight  # (k, H)
-    nondeg = rad > 0
-    n_t = int(nondeg.sum())
-    tid = np.full(nondeg.shape, -1)
-    tid[nondeg] = n_base + np.arange(n_t)
-    # main rows: -mid.(c dW) - c.db + rad.t <= mid.(cW) + c.b - d - eps
-    r_dw = np.broadcast_to(np.arange(k)[:, None, None], (k, n_out, width))
-    v_dw = -c[:, :, None] * mid[:, None, :]
-    col_dw = np.broadcast_to(np.arange(n_out * width).reshape(n_out, width), (k, n_out, width))
-    kk, ii = np.nonzero(nondeg)
-    rows_i = [r_dw.ravel(), np.repeat(np.arange(k), n_out), kk]
-    cols_i = [col_dw.ravel(), np.tile(n_out * width + np.arange(n_out), k), tid[kk, ii]]
-    vals_i = [v_dw.ravel(), -c.ravel(), rad[kk, ii]]
-    h_main = np.einsum("kh,kh->k", mid, cw) + c @ bias - d - eps
-    # aux rows: +-(c dW)_i - t_i <= -+(cW)_i  for each nondegenerate (k, i)
-    aux = np.arange(n_t)
-    for sign, offset in ((1.0, k), (-1.0, k + n_t)):
-        rows_i += [np.repeat(offset + aux, n_out), offset + aux]
-        cols_i += [(np.arange(n_out)[None, :] * width + ii[:, None]).ravel(), tid[kk, ii]]
-        vals_i += [sign * c[kk].ravel(), -np.ones(n_t)]
-    h_aux = np.concatenate([-cw[kk, ii], cw[kk, ii]])
-    g = sp.coo_matrix((np.concatenate(vals_i), (np.concatenate(rows_i),
-                                                np.concatenate(cols_i))),
-                      shape=(k + 2 * n_t, n_base + n_t))
-    return g, np.concatenate([h_main, h_aux]), n_t
+    rid = np.arange(k)
+    r1, c1, v1 = _cdw_terms(-c[:, :, None] * mid[:, None, :], lay, rid)
+    pos = np.arange(lay.free_cols.size)
+    r_t = np.repeat(rid, pos.size)
+    c_t = lay.t_col(np.repeat(groups, pos.size), np.tile(pos, k))
+    v_t = rad[:, lay.free_cols].ravel()
+    kb, ob = np.nonzero(np.broadcast_to(lay.bias_free, c.shape))
+    g = _coo([r1, kb, r_t], [c1, lay.index[ob, -1], c_t], [v1, -c[kb, ob], v_t],
+             (k, n_cols))
+    cw = c @ weight
+    fixed = np.ones(weight.shape[1], dtype=bool)
+    fixed[lay.free_cols] = False
+    interval = (np.einsum("kh,kh->k", mid, cw) - np.einsum("kh,kh->k", rad[:, fixed],
+                                                           np.abs(cw[:, fixed]))
+                + c @ bias - rows.d[sel])
+    return g, np.where(kind, interval, rows.base[sel]) - eps
+
+
+def _aux_block(weight: np.ndarray, keys: np.ndarray, lay: _Layout, n_cols: int
+               ) -> tuple[sp.coo_matrix, np.ndarray]:
+    """+-(c dW)_i - t[g, i] <= -+ k (cW)_i for every group g = (k, c), free column i."""
+    kind, unique_c = keys[:, 0], keys[:, 1:]
+    n_g, n_f = unique_c.shape[0], lay.free_cols.size
+    gi = np.arange(n_g * n_f)
+    coef = np.zeros((n_g * n_f,) + lay.free.shape)
+    g_idx, f_idx = np.divmod(gi, n_f)
+    coef[gi, :, lay.free_cols[f_idx]] = unique_c[g_idx]
+    offset_w = ((unique_c @ weight)[:, lay.free_cols] * kind[:, None]).ravel()
+    rows, cols, vals = [], [], []
+    for sign, offset in ((1.0, 0), (-1.0, n_g * n_f)):
+        r, cc, v = _cdw_terms(sign * coef, lay, offset + gi)
+        rows += [r, offset + gi]
+        cols += [cc, lay.t_col(g_idx, f_idx)]
+        vals += [v, -np.ones(gi.size)]
+    return (_coo(rows, cols, vals, (2 * gi.size, n_cols)),
+            np.concatenate([-offset_w, offset_w]))
 
 
 def _sample_block(weight: np.ndarray, bias: np.ndarray, rows: SampleRows, sel: np.ndarray,
-                  margin: float, n_base: int) -> tuple[sp.coo_matrix, np.ndarray]:
+                  margin: float, lay: _Layout, n_cols: int) -> tuple[sp.coo_matrix, np.ndarray]:
     """(dW_win - dW_lose).h + db_win - db_lose <= -margin - (y_win - y_lose)."""
-    n_out, width = weight.shape
     h, win, lose = rows.h[sel], rows.win[sel], rows.lose[sel]
     s = h.shape[0]
     r = np.arange(s)
-    rr = np.repeat(r, width)
-    cols = np.concatenate([(win[:, None] * width + np.arange(width)).ravel(),
-                           (lose[:, None] * width + np.arange(width)).ravel(),
-                           n_out * width + win, n_out * width + lose])
-    vals = np.concatenate([h.ravel(), -h.ravel(), np.ones(s), -np.ones(s)])
-    g = sp.coo_matrix((vals, (np.concatenate([rr, rr, r, r]), cols)), shape=(s, n_base))
+    out, cols, vals = [], [], []
+    for sign, which in ((1.0, win), (-1.0, lose)):
+        has = lay.bias_free[which]
+        out.append(r[has])
+        cols.append(lay.index[which[has], -1])
+        vals.append(np.full(int(has.sum()), sign))
+    for sign, which in ((1.0, win), (-1.0, lose)):
+        mask = lay.free[which]  # (s, H)
+        kk, ii = np.nonzero(mask)
+        out.append(kk)
+        cols.append(lay.index[which[kk], ii])
+        vals.append(sign * h[kk, ii])
     y = h @ weight.T + bias
-    return g, -margin - (y[r, win] - y[r, lose])
+    return _coo(out, cols, vals, (s, n_cols)), -margin - (y[r, win] - y[r, lose])
 
 
 def build_qp(weight: np.ndarray, bias: np.ndarray, boxes: BoxRows, box_sel: np.ndarray,
-             samples: SampleRows, sample_sel: np.ndarray, eps: float, margin: float,
-             soft: float | None = None) -> QPProblem:
+             samples: SampleRows, sample_sel: np.ndarray, eps: float | np.ndarray,
+             margin: float,
+             penalties: Penalties = Penalties(), free: np.ndarray | None = None,
+             kind: np.ndarray | None = None) -> QPProblem:
     """The QP over the selected rows (see module docstring). Pure data, no solving.
 
-    With ``soft`` = lambda, each decision row gets a slack s >= 0 costing lambda * s
-    (box rows stay hard: they carry the proof).
+    ``free`` (n_out, H+1) bool marks the entries of [W | b] that may change (default
+    all); ``kind`` (M,) bool picks the interval bound for a box row (default: the change
+    bound); ``eps`` is one margin or one per box row (M,). With penalties, the box rows
+    get a shortfall s >= 0 and/or the decision rows a slack r >= 0, each costing
+    ``penalty`` per unit.
     """
-    n_out, width = weight.shape
-    n_base = n_out * width + n_out
-    gb, hb, n_t = _box_block(weight, bias, boxes, box_sel, eps, n_base)
-    gs, hs = _sample_block(weight, bias, samples, sample_sel, margin, n_base)
-    n_s = gs.shape[0] if soft is not None else 0
-    blocks = [[gb, sp.coo_matrix((gb.shape[0], n_s))],
-              [sp.hstack([gs, sp.coo_matrix((gs.shape[0], n_t))]), -sp.eye(gs.shape[0], n_s)]]
-    h = [hb, hs]
-    if n_s:
-        blocks.append([sp.coo_matrix((n_s, n_base + n_t)), -sp.eye(n_s)])
-        h.append(np.zeros(n_s))
-    g = sp.vstack([sp.hstack(b) for b in blocks]).tocsc()
-    diag = np.concatenate([np.full(n_base, 2.0), np.zeros(n_t + n_s)])
-    q = np.concatenate([np.zeros(n_base + n_t), np.full(n_s, soft or 0.0)])
-    return QPProblem(P=sp.diags(diag).tocsc(), q=q, G=g, h=np.concatenate(h), n_base=n_base)
+    free = all_free(weight) if free is None else free
+    kind = np.zeros(boxes.size, dtype=bool) if kind is None else kind
+    eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (boxes.size,))[box_sel]
+    keys = np.hstack([kind[box_sel, None].astype(float), boxes.c[box_sel]])
+    keys, groups = (np.unique(keys, axis=0, return_inverse=True) if box_sel.any()
+                    else (np.zeros((0, weight.shape[0] + 1)), np.zeros(0, int)))
+    lay = _layout(free, keys.shape[0])
+    n_box = int(box_sel.sum()) if penalties.box is not None else 0
+    n_smp = int(sample_sel.sum()) if penalties.sample is not None else 0
+    n_cols = lay.n_base + n_box + n_smp
+    gb, hb = _box_block(weight, bias, boxes, box_sel, kind[box_sel], groups.reshape(-1), eps,
+                        lay, n_cols)
+    ga, ha = _aux_block(weight, keys, lay, n_cols)
+    gs, hs = _sample_block(weight, bias, samples, sample_sel, margin, lay, n_cols)
+    slack_b = sp.coo_matrix((-np.ones(n_box), (np.arange(n_box), lay.n_base + np.arange(n_box))),
+                            shape=(gb.shape[0], n_cols))
+    slack_s = sp.coo_matrix((-np.ones(n_smp), (np.arange(n_smp),
+                                               lay.n_base + n_box + np.arange(n_smp))),
+                            shape=(gs.shape[0], n_cols))
+    nonneg = sp.coo_matrix((-np.ones(n_box + n_smp),
+                            (np.arange(n_box + n_smp), lay.n_base + np.arange(n_box + n_smp))),
+                           shape=(n_box + n_smp, n_cols))
+    g = sp.vstack([gb + slack_b, ga, gs + slack_s, nonneg]).tocsc()
+    diag = np.concatenate([np.full(lay.n_w, 2.0), np.zeros(n_cols - lay.t0)])
+    q = np.concatenate([np.zeros(lay.n_base), np.full(n_box, penalties.box or 0.0),
+                        np.full(n_smp, penalties.sample or 0.0)])
+    return QPProblem(P=sp.diags(diag).tocsc(), q=q, G=g,
+                     h=np.concatenate([hb, ha, hs, np.zeros(n_box + n_smp)]), free=free,
+                     n_box_slack=n_box, n_sample_slack=n_smp)
 
 
-def solve(problem: QPProblem, n_out: int, width: int
+ACCEPTED = ("Solved", "AlmostSolved")  # the solution is re-checked exactly afterwards
+
+
+def _clarabel(problem: QPProblem) -> np.ndarray | None:
+    import clarabel
+
+    settings = clarabel.DefaultSettings()
+    settings.verbose = False
+    solver = clarabel.DefaultSolver(sp.triu(problem.P).tocsc(), problem.q, problem.G,
+                                    problem.h, [clarabel.NonnegativeConeT(problem.G.shape[0])],
+                                    settings)
+    result = solver.solve()
+    if str(result.status) not in ACCEPTED:
+        return None
+    return np.asarray(result.x)
+
+
+QP_SOLVERS = {"clarabel": _clarabel}
+
+
+def solve(problem: QPProblem, n_out: int, width: int, solver: str = "clarabel"
           ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Solve with Clarabel; returns (dW, db) or None when infeasible / failed."""
-    import warnings
-
-    from qpsolvers import solve_qp
-
-    with warnings.catch_warnings():  # an infeasible QP is an expected outcome here
-        warnings.simplefilter("ignore", UserWarning)
-        z = solve_qp(problem.P, problem.q, problem.G, problem.h, solver="clarabel",
-                     verbose=False)
+    """Solve; returns (dW, db) or None when infeasible / failed. Callers re-check every
+    constraint of the solution themselves (solvers work to a tolerance)."""
+    z = QP_SOLVERS[solver](problem)
     if z is None or not np.all(np.isfinite(z)):
         return None
-    return z[:n_out * width].reshape(n_out, width), z[n_out * width:problem.n_base]
+    full = np.zeros((n_out, width + 1))
+    full[problem.free] = z[:problem.n_weights]
+    return full[:, :-1], full[:, -1]
 
 
 @dataclass(frozen=True)
@@ -186,36 +342,58 @@ class QPOutcome:
     sizes: list[tuple[int, int]]  # (constraints, variables) per solve
     box_rows_used: int
     sample_rows_used: int
+    short: np.ndarray  # (M,) bool: box rows left below eps (penalised shortfall)
+
+
+def _most_violated(value: np.ndarray, threshold: float, selected: np.ndarray,
+                   limit: int) -> np.ndarray:
+    """Mask of at most ``limit`` unselected rows with value < threshold, lowest first."""
+    cand = np.nonzero((value < threshold) & ~selected)[0]
+    if cand.size > limit:
+        cand = cand[np.argpartition(value[cand], limit)[:limit]]
+    mask = np.zeros(value.shape[0], dtype=bool)
+    mask[cand] = True
+    return mask
 
 
 def solve_incremental(weight: np.ndarray, bias: np.ndarray, boxes: BoxRows,
-                      samples: SampleRows, eps: float, margin: float,
-                      max_iterations: int = 30, seed_rows: int = 20,
-                      soft: float | None = None) -> QPOutcome:
-    """AutoRIC-style: solve on the violated (+ strictest) rows, add every violated row,
-    repeat until the solution satisfies all rows (to a 10% slack on eps) or the limit.
+                      samples: SampleRows, eps: float | np.ndarray, margin: float,
+                      max_iterations: int = 40, add_rows: int = 400,
+                      penalties: Penalties = Penalties(), free: np.ndarray | None = None
+                      ) -> QPOutcome:
+    """AutoRIC-style incremental constraint selection: solve on a few of the strictest
+    rows, add the ``add_rows`` most violated box rows and decision rows, repeat until
+    the solution breaks no row outside the selection (to a 10% slack on eps) or the
+    iteration limit. Rows inside the selection may fall short of eps only where a
+    penalty allows it; those are reported in ``short``.
 
+    ``eps`` is the margin each box row must reach: one number or one per row (M,).
     Returns dW, db = None when the QP is infeasible or the limit is reached.
     """
-    lb0 = box_slack(weight, bias, boxes)
-    box_sel = lb0 < eps
-    box_sel[np.argsort(lb0)[:seed_rows]] = True
-    sample_sel = sample_slack(weight, bias, samples, margin) < 0
+    eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (boxes.size,))
+    none = np.zeros(boxes.size, dtype=bool)
+    dw, db = np.zeros_like(weight), np.zeros_like(bias)
+    box_sel = _most_violated(box_slack(weight, bias, dw, db, boxes), eps, none, add_rows)
+    sample_sel = np.zeros(samples.size, dtype=bool)
     sizes: list[tuple[int, int]] = []
     for it in range(1, max_iterations + 1):
+        kind = best_kind(weight, bias, dw, db, boxes)
         problem = build_qp(weight, bias, boxes, box_sel, samples, sample_sel, eps, margin,
-                           soft)
+                           penalties, free, kind)
         sizes.append(problem.shape)
         sol = solve(problem, *weight.shape)
         if sol is None:
-            return QPOutcome(None, None, it, sizes, int(box_sel.sum()), int(sample_sel.sum()))
+            return QPOutcome(None, None, it, sizes, int(box_sel.sum()), int(sample_sel.sum()),
+                             none)
         dw, db = sol
-        new_box = (box_slack(weight + dw, bias + db, boxes) < 0.9 * eps) & ~box_sel
-        new_smp = (sample_slack(weight + dw, bias + db, samples, margin)
-                   < -0.1 * max(margin, eps)) & ~sample_sel
+        box_value = box_slack(weight, bias, dw, db, boxes)
+        new_box = _most_violated(box_value, 0.9 * eps, box_sel, add_rows)
+        new_smp = _most_violated(sample_slack(weight + dw, bias + db, samples, margin),
+                                 -0.1 * margin, sample_sel, add_rows)
         if not new_box.any() and not new_smp.any():
-            return QPOutcome(dw, db, it, sizes, int(box_sel.sum()), int(sample_sel.sum()))
+            return QPOutcome(dw, db, it, sizes, int(box_sel.sum()), int(sample_sel.sum()),
+                             box_value < 0.9 * eps)
         box_sel |= new_box
         sample_sel |= new_smp
     return QPOutcome(None, None, max_iterations, sizes, int(box_sel.sum()),
-                     int(sample_sel.sum()))
+                     int(sample_sel.sum()), none)

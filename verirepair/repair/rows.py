@@ -5,35 +5,38 @@ from __future__ import annotations
 import numpy as np
 
 from verirepair.net_types import AffineReluNet
-from verirepair.repair.partition import Partition, row_lower_bounds
+from verirepair.repair.partition import Partition, case_rows
 from verirepair.repair.qp import BoxRows, SampleRows
 from verirepair.spec_types import Spec
 
 
-def box_rows(net: AffineReluNet, parts: list[tuple[Spec, Partition]]) -> BoxRows:
-    """One row per (leaf, disjunct): the unsafe row with the largest current lower bound.
+def box_rows(parts: list[tuple[Spec, Partition]]) -> BoxRows:
+    """One row per (leaf, disjunct): the unsafe row with the largest CROWN lower bound.
 
-    Leaf indices count through ``parts`` in order. Requires: partitions of ``net``.
+    Leaf indices count through ``parts`` in order.
     """
-    w, b = net.layers[-1].weight, net.layers[-1].bias
-    mids, rads, cs, ds, leaves = [], [], [], [], []
+    mids, rads, cs, bases, ds, leaves = [], [], [], [], [], []
     offset = 0
     for spec, part in parts:
         for ci, case in enumerate(spec.cases):
             idx = np.nonzero(part.case == ci)[0]
             if idx.size == 0:
                 continue
-            hl, hu = part.hl[idx], part.hu[idx]
-            for disjunct in case.unsafe:
-                best = row_lower_bounds(w, b, hl, hu, disjunct).argmax(axis=1)
-                mids.append((hl + hu) / 2)
-                rads.append((hu - hl) / 2)
-                cs.append(disjunct.matrix[best])
-                ds.append(disjunct.rhs[best])
+            rows = case_rows(case.unsafe)
+            lb = part.row_lb[idx, :rows.count]
+            for k in range(len(case.unsafe)):
+                cols = np.nonzero(rows.disjunct == k)[0]
+                best = cols[lb[:, cols].argmax(axis=1)]
+                mids.append((part.hl[idx] + part.hu[idx]) / 2)
+                rads.append((part.hu[idx] - part.hl[idx]) / 2)
+                cs.append(rows.c[best])
+                bases.append(lb[np.arange(idx.size), best])
+                ds.append(rows.d[best])
                 leaves.append(offset + idx)
         offset += part.size
     return BoxRows(mid=np.concatenate(mids), rad=np.concatenate(rads), c=np.concatenate(cs),
-                   d=np.concatenate(ds), leaf=np.concatenate(leaves))
+                   base=np.concatenate(bases), d=np.concatenate(ds),
+                   leaf=np.concatenate(leaves))
 
 
 def hidden_and_output(net: AffineReluNet, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
