@@ -40,7 +40,6 @@ def vnncomp_text(result: Result) -> str:
 
 
 def result_dict(result: Result, model: str, prop: str) -> dict:
-    cex = result.counterexample
     return {
         "model": model,
         "property": prop,
@@ -49,12 +48,7 @@ def result_dict(result: Result, model: str, prop: str) -> dict:
         "reason": result.reason,
         "seconds": round(result.stats.seconds, 4),
         "boxes": result.stats.boxes,
-        "counterexample": None if cex is None else {
-            "x": [float(v) for v in cex.x],
-            "y": [float(v) for v in cex.y],
-            "case": cex.case_index,
-            "disjunct": cex.disjunct_index,
-        },
+        "counterexample": _cex_dict(result),
     }
 
 
@@ -69,6 +63,53 @@ def human_text(result: Result) -> str:
         lines.append(f"  reason: {result.reason}")
     lines.append(f"  time: {result.stats.seconds:.3f} s, boxes: {result.stats.boxes}")
     return "\n".join(lines)
+
+
+CROSS_CHECK_WORDS = {
+    "agree": "agrees",
+    "disagree": "DISAGREES — a bug in one of the engines",
+    "inconclusive": "inconclusive (the first verdict stands)",
+}
+
+
+def cross_check_dict(engine: str, second: Result | None, agreement) -> dict:
+    """The ``cross_check`` entry of the JSON result. ``second`` is None when the second
+    engine did not run (it only confirms a ``holds``); ``agreement`` is an
+    ``engine.Agreement`` or None."""
+    if second is None:
+        return {"engine": engine, "ran": False,
+                "reason": "runs only to confirm a 'holds'"}
+    return {"engine": engine, "ran": True, "verdict": second.verdict.value,
+            "agreement": agreement.value, "reason": second.reason,
+            "seconds": round(second.stats.seconds, 4),
+            "counterexample": _cex_dict(second)}
+
+
+def cross_check_text(engine: str, first: Result, second: Result | None, agreement) -> str:
+    """Human lines for the cross-check under the first result's text."""
+    if second is None:
+        return (f"cross-check ({engine}): not run (it only confirms 'holds'; the first "
+                f"verdict is '{first.verdict.value}')")
+    lines = [f"cross-check ({engine}): {second.verdict.value} — "
+             f"{CROSS_CHECK_WORDS[agreement.value]}"]
+    cex = second.counterexample
+    if cex is not None:
+        lines.append("  input:  " + " ".join(plain_float(v) for v in cex.x))
+        lines.append("  output: " + " ".join(plain_float(v) for v in cex.y))
+    if second.reason:
+        lines.append(f"  reason: {second.reason}")
+    lines.append(f"  time: {second.stats.seconds:.3f} s")
+    return "\n".join(lines)
+
+
+def _cex_dict(result: Result) -> dict | None:
+    cex = result.counterexample
+    return None if cex is None else {
+        "x": [float(v) for v in cex.x],
+        "y": [float(v) for v in cex.y],
+        "case": cex.case_index,
+        "disjunct": cex.disjunct_index,
+    }
 
 
 def json_text(data: dict) -> str:

@@ -3,20 +3,28 @@
 Checks that the spec fits the model, runs the chosen engine over every case of the spec
 (one deadline for all), and combines the case results: VIOLATED as soon as one case is
 violated (with an onnxruntime-confirmed counterexample), HOLDS only if every case holds.
-Engines register in ``ENGINES`` by name.
+Engines register in ``ENGINES`` by name as :class:`EngineInfo` (soundness, completeness,
+whether the package it needs imports here, and how to install it).
+:func:`cross_check` runs a second engine on the same question and :func:`agreement`
+compares two verdicts: a HOLDS against a VIOLATED is a bug in one of the engines.
 """
 
 from __future__ import annotations
 
+import enum
+import importlib
 from dataclasses import dataclass, field
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
-from verirepair.errors import MismatchError
+from verirepair.errors import MismatchError, VerirepairError
 from verirepair.network import Network, onnx_session, torch_layers
 from verirepair.spec_types import Spec
+from verirepair.verify import marabou_engine
 from verirepair.verify.bab import BabOptions, Deadline, Progress, verify_case
+from verirepair.verify.marabou_engine import MarabouSettings
 from verirepair.verify.types import Result, Stats, Verdict
-from verirepair.verify.z3_engine import z3_engine
+from verirepair.verify.z3_engine import MAX_HIDDEN, hidden_neurons, z3_engine
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,11 @@ class VerifyOptions:
     timeout: float = 300.0
     engine: str = "bab"
     bab: BabOptions = field(default_factory=BabOptions)
+    marabou: MarabouSettings = field(default_factory=MarabouSettings)
+
+
+class EngineUnavailableError(VerirepairError):
+    """The chosen engine's package is not installed (the message says how to install it)."""
 
 
 CaseEngine = Callable[..., Result]
@@ -63,10 +76,96 @@ def _accumulate(total: Stats, part: Stats) -> None:
     total.unconfirmed += part.unconfirmed
 
 
-ENGINES: dict[str, Callable[[Network, Spec, VerifyOptions, Progress | None], Result]] = {
-    "bab": _bab_engine,
-    "z3": z3_engine,
-}
+EngineRun = Callable[[Network, Spec, VerifyOptions, "Progress | None"], Result]
+
+
+def _z3_fits(network: Network) -> None:
+    """Raise MismatchError when the network is too large for the z3 engine."""
+    n_hidden = hidden_neurons(network.net)
+    if n_hidden > MAX_HIDDEN:
+        raise MismatchError(f"z3 engine is exact but only for tiny networks: {n_hidden} "
+                            f"hidden neurons > {MAX_HIDDEN}; use --engine bab")
+
+
+def _fits_any(network: Network) -> None:
+    """Every lowered network is accepted."""
+
+
+def _imports(module: str) -> Callable[[], bool]:
+    """An availability test: whether ``module`` can be imported here."""
+    def available() -> bool:
+        try:
+            importlib.import_module(module)
+        except (ImportError, OSError):
+            return False
+        return True
+    return available
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """A registered engine: how to run it and what its answers are worth.
+
+    ``run(network, spec, options, progress) -> Result``; ``sound``: HOLDS is a proof and
+    VIOLATED is confirmed in onnxruntime; ``complete``: it decides every instance given
+    enough time; ``available()`` tells whether its package imports here, else
+    ``install_hint`` says how to get it; ``fits(network)`` raises MismatchError for a
+    network the engine refuses.
+    """
+
+    name: str
+    run: EngineRun
+    sound: bool
+    complete: bool
+    available: Callable[[], bool]
+    install_hint: str
+    summary: str
+    fits: Callable[[Network], None] = _fits_any
+
+    def describe(self, probe: bool = True) -> str:
+        """One line: name, summary, sound/complete, and availability (imports the
+        engine's package when ``probe``; otherwise only says how to install it)."""
+        if not probe:
+            state = f"needs: {self.install_hint}" if self.install_hint else "built in"
+        elif self.available():
+            state = "installed"
+        else:
+            state = f"not installed: {self.install_hint}"
+        return (f"{self.name}: {self.summary} (sound: {'yes' if self.sound else 'no'}, "
+                f"complete: {'yes' if self.complete else 'no'}; {state})")
+
+
+ENGINES: Mapping[str, EngineInfo] = MappingProxyType({
+    "bab": EngineInfo(
+        "bab", _bab_engine, sound=True, complete=True, available=lambda: True,
+        install_hint="", summary="falsification + bounds + input-splitting branch and bound"),
+    "marabou": EngineInfo(
+        "marabou", marabou_engine.marabou_engine, sound=False, complete=True,
+        available=marabou_engine.available, install_hint=marabou_engine.INSTALL_HINT,
+        summary="Marabou 2.0 (float64 simplex + ReLU splitting), one query per disjunct"),
+    "z3": EngineInfo(
+        "z3", z3_engine, sound=True, complete=True, available=_imports("z3"),
+        install_hint="pip install z3-solver", summary="exact real arithmetic, tiny networks",
+        fits=_z3_fits),
+})
+
+
+def engine_info(name: str) -> EngineInfo:
+    """The registered engine ``name``. Raises MismatchError for an unknown name and
+    EngineUnavailableError (with the install hint) when its package does not import."""
+    info = ENGINES.get(name)
+    if info is None:
+        raise MismatchError(f"unknown engine '{name}' (available: "
+                            f"{', '.join(sorted(ENGINES))})")
+    if not info.available():
+        raise EngineUnavailableError(f"engine '{name}' is not available: its package is "
+                                     f"not installed (install it with: {info.install_hint})")
+    return info
+
+
+def available_engines() -> list[str]:
+    """Names of the engines whose packages import here, sorted."""
+    return sorted(name for name, info in ENGINES.items() if info.available())
 
 
 def check_compatible(network: Network, spec: Spec) -> None:
@@ -83,8 +182,34 @@ def verify(network: Network, spec: Spec, options: VerifyOptions = VerifyOptions(
            progress: Progress | None = None) -> Result:
     """Decide whether ``network`` satisfies ``spec`` (whose unsafe set must be empty)."""
     check_compatible(network, spec)
-    engine = ENGINES.get(options.engine)
-    if engine is None:
-        raise MismatchError(f"unknown engine '{options.engine}' (available: "
-                            f"{', '.join(sorted(ENGINES))})")
-    return engine(network, spec, options, progress)
+    info = engine_info(options.engine)
+    info.fits(network)
+    return info.run(network, spec, options, progress)
+
+
+def cross_check(network: Network, spec: Spec, engine_name: str, timeout: float,
+                progress: Progress | None = None) -> Result:
+    """Decide ``spec`` again with the engine ``engine_name`` (its own ``timeout`` seconds).
+
+    Requires a network and spec that fit (MismatchError otherwise) and an available
+    engine (EngineUnavailableError otherwise). Returns that engine's Result; compare it
+    with the first one with :func:`agreement`.
+    """
+    return verify(network, spec, VerifyOptions(timeout=timeout, engine=engine_name),
+                  progress)
+
+
+class Agreement(enum.Enum):
+    AGREE = "agree"  # both decided, the same way
+    DISAGREE = "disagree"  # one says holds, the other violated: a bug in an engine
+    INCONCLUSIVE = "inconclusive"  # at least one said unknown/timeout
+
+
+DECIDED = (Verdict.HOLDS, Verdict.VIOLATED)
+
+
+def agreement(first: Result, second: Result) -> Agreement:
+    """Compare two engines' verdicts on the same network and spec."""
+    if first.verdict not in DECIDED or second.verdict not in DECIDED:
+        return Agreement.INCONCLUSIVE
+    return Agreement.AGREE if first.verdict is second.verdict else Agreement.DISAGREE
