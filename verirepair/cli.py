@@ -16,10 +16,12 @@ import torch
 from verirepair import __version__
 from verirepair.errors import InputFileError, VerirepairError
 from verirepair.network import load_network
-from verirepair.report import human_text, json_text, result_dict, vnncomp_text, write_atomic
+from verirepair.report import (cross_check_dict, cross_check_text, human_text, json_text,
+                               result_dict, vnncomp_text, write_atomic)
 from verirepair.spec import load_spec
-from verirepair.verify.engine import ENGINES, VerifyOptions, verify
-from verirepair.verify.types import Stats, Verdict
+from verirepair.verify.engine import (ENGINES, Agreement, VerifyOptions, agreement,
+                                      cross_check, engine_info, verify)
+from verirepair.verify.types import Result, Stats, Verdict
 
 EXIT_HOLDS = 0
 EXIT_INTERNAL = 1
@@ -69,25 +71,58 @@ def _choose_threads(requested: int, network) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    engines = [engine_info(args.engine)]  # unknown/unavailable engine: one line, exit 2
+    if args.cross_check:
+        engines.append(engine_info(args.cross_check))
     network = load_network(args.model)
     _choose_threads(args.threads, network)
     spec = load_spec(args.property)
+    for info in engines:
+        info.fits(network)
     if args.result_file:
         _check_writable(Path(args.result_file))
+    progress = _progress_printer(args.quiet)
     options = VerifyOptions(timeout=args.timeout, engine=args.engine)
-    result = verify(network, spec, options, _progress_printer(args.quiet))
+    result = verify(network, spec, options, progress)
+    second = None
+    if args.cross_check and result.verdict is Verdict.HOLDS:
+        second = cross_check(network, spec, args.cross_check, args.timeout, progress)
+    agreed = agreement(result, second) if second is not None else None
     if args.result_file:
-        try:
-            write_atomic(args.result_file, vnncomp_text(result))
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise InputFileError(f"{args.result_file}: cannot write the result file: "
-                                 f"{reason}") from None
-    if args.json:
-        print(json_text(result_dict(result, str(args.model), str(args.property))))
-    else:
-        print(human_text(result))
+        _write_result_file(args.result_file, result, agreed)
+    _print_check(args, result, args.cross_check, second, agreed)
+    if agreed is Agreement.DISAGREE:
+        print(f"error: ENGINES DISAGREE: {result.engine} says {result.verdict.value}, "
+              f"{second.engine} says {second.verdict.value}; this is a bug in verirepair "
+              "(please report it with the model and property)", file=sys.stderr)
+        return EXIT_INTERNAL
     return VERDICT_EXIT[result.verdict]
+
+
+def _write_result_file(path: str, result: Result, agreed: Agreement | None) -> None:
+    """The VNN-COMP result file; ``unknown`` when two engines disagree."""
+    if agreed is Agreement.DISAGREE:
+        result = Result(Verdict.UNKNOWN, None, reason="engines disagree",
+                        engine=result.engine, stats=result.stats)
+    try:
+        write_atomic(path, vnncomp_text(result))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputFileError(f"{path}: cannot write the result file: {reason}") from None
+
+
+def _print_check(args: argparse.Namespace, result: Result, cross_engine: str | None,
+                 second: Result | None, agreed: Agreement | None) -> None:
+    """The check result on stdout (JSON or text), with the cross-check when one ran."""
+    if args.json:
+        data = result_dict(result, str(args.model), str(args.property))
+        if cross_engine:
+            data["cross_check"] = cross_check_dict(cross_engine, second, agreed)
+        print(json_text(data))
+        return
+    print(human_text(result))
+    if cross_engine:
+        print(cross_check_text(cross_engine, result, second, agreed))
 
 
 def _check_writable(path: Path) -> None:
@@ -147,14 +182,23 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     _check_domain(args)
     if not args.quiet:
         logging.getLogger("verirepair").setLevel(logging.INFO)
+    if args.cross_check:
+        engine_info(args.cross_check)  # unavailable engine: one line, exit 2
     options = RepairOptions(argmax=args.argmax, domain_lower=args.domain_lower,
-                            domain_upper=args.domain_upper)
+                            domain_upper=args.domain_upper, localize=args.localize,
+                            cross_check=args.cross_check)
     report = repair(args.model, args.property, args.preserve or [], out, args.budget, options)
     if args.report:
         write_atomic(args.report, json_text(report.to_dict()) + "\n")
     print(repair_summary(report))
     ok = report.status == "proven" or report.status.startswith("nothing to repair")
     return EXIT_HOLDS if ok else EXIT_NOT_REPAIRED
+
+
+def _localizer_names() -> list[str]:
+    from verirepair.localize import LOCALIZERS
+
+    return sorted(LOCALIZERS)
 
 
 def _add_repair_parser(sub) -> None:
@@ -179,8 +223,143 @@ def _add_repair_parser(sub) -> None:
                      help="input domain upper bounds (one number per input)")
     rep.add_argument("--argmax", action="store_true",
                      help="the decision is the argmax output (default: argmin)")
+    rep.add_argument("--localize", default="none", choices=["none", *_localizer_names()],
+                     help="rank last-hidden neurons on counterexamples and patch the "
+                          "outgoing weights of the top 10%% first, widening the set until "
+                          "the QP succeeds (default none: every last-layer parameter)")
+    rep.add_argument("--patch", default="qp", choices=["qp"],
+                     help="patch solver: qp (minimal squared change, Clarabel)")
+    rep.add_argument("--cross-check", metavar="ENGINE", choices=sorted(ENGINES),
+                     help="prove every property of the saved file again with ENGINE "
+                          "(e.g. marabou); a contradiction blocks the output")
     rep.add_argument("--quiet", action="store_true", help="no progress on stderr")
     rep.set_defaults(run=_cmd_repair)
+
+
+def _engines_help() -> str:
+    """The ENGINES section of ``check --help``: one line per registered engine."""
+    lines = [f"  {info.describe(probe=False)}" for info in ENGINES.values()]
+    return "\nengines:\n" + "\n".join(lines) + "\n"
+
+
+def _layer_choice(text: str) -> int | str:
+    """``--layer``: a hidden-layer index (0-based), ``last`` or ``all``."""
+    if text in ("last", "all"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an index, 'last' or 'all', got '{text}'"
+                                         ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or positive, got '{text}'")
+    return value
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got '{text}'")
+        return value
+    return parse
+
+
+def _cmd_localize(args: argparse.Namespace) -> int:
+    from verirepair.errors import MismatchError
+    from verirepair.localize import LocalizeOptions, NoBenignInputs, hidden_layers, localize
+    from verirepair.localize.points import find_points
+    from verirepair.verify.engine import check_compatible
+
+    network = load_network(args.model)
+    _choose_threads(0, network)
+    spec = load_spec(args.property)
+    check_compatible(network, spec)
+    if args.json:
+        _check_writable(Path(args.json))
+    try:
+        layers = hidden_layers(network.net, args.layer)
+    except ValueError as exc:
+        raise MismatchError(f"--layer: {exc}") from None
+    points = find_points(network, spec, args.samples, args.seed, args.timeout)
+    head = {"model": str(args.model), "property": str(args.property)}
+    if points.source == "none":
+        word = points.verdict.value
+        reason = f" ({points.reason})" if points.reason else ""
+        print(f"{word}: no counterexample{reason}; nothing to localize")
+        _write_json(args.json, {**head, "verdict": word, "ranking": []})
+        return EXIT_HOLDS if points.verdict is Verdict.HOLDS else VERDICT_EXIT[points.verdict]
+    if not points.benign.shape[0] and args.method in ("shap", "activation"):
+        raise NoBenignInputs(f"no benign input in the property's input box (nor in it grown "
+                             f"3x, 10x); --method {args.method} compares with benign inputs, "
+                             "use causal, gradient or random")
+    options = LocalizeOptions(seed=args.seed, n_values=args.values)
+    ranking = localize(network.net, points.cex, points.benign, spec, args.method, args.layer,
+                       options)
+    print(_localize_text(points, ranking, layers, args.top))
+    _write_json(args.json, {**head, "verdict": "violated", "source": points.source,
+                            **ranking.to_dict()})
+    return EXIT_HOLDS
+
+
+def _localize_text(points, ranking, layers: tuple[int, ...], top: int) -> str:
+    from verirepair.localize import ranking_text
+
+    grown = (f" (from the box grown {points.benign_growth:g}x: the box has none)"
+             if points.benign_growth > 1 else "")
+    lines = [f"violated: {points.cex.shape[0]} counterexample inputs ({points.source}), "
+             f"{points.benign.shape[0]} benign{grown}; at most "
+             f"{ranking.params['max_points']} of each used",
+             f"method {ranking.method}, hidden layer(s) {', '.join(map(str, layers))}, "
+             f"{ranking.params['seconds']:.3f} s"]
+    if ranking.layer_scores and len(layers) > 1:
+        order = sorted(layers, key=lambda k: -ranking.layer_scores[k])
+        lines.append("layers by impact: " + ", ".join(
+            f"{k} ({ranking.layer_scores[k]:.4g})" for k in order))
+    return "\n".join(lines + [ranking_text(ranking, top)])
+
+
+def _write_json(path: str | None, data: dict) -> None:
+    if not path:
+        return
+    try:
+        write_atomic(path, json_text(data) + "\n")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputFileError(f"{path}: cannot write the JSON file: {reason}") from None
+
+
+def _add_localize_parser(sub) -> None:
+    from verirepair.localize import LOCALIZERS
+
+    loc = sub.add_parser(
+        "localize", help="rank the hidden neurons that cause a violation",
+        description="Find counterexamples (sampling, else the verifier) and benign inputs, "
+                    "then rank hidden neurons by their blame for the violation (CARE's "
+                    "causal attribution by default).",
+        epilog=f"exit codes: {EXIT_HOLDS} ranked (or the property holds), {EXIT_UNKNOWN}/"
+               f"{EXIT_TIMEOUT} no decision, {EXIT_BAD_INPUT} bad input")
+    loc.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
+    loc.add_argument("property", help="VNN-LIB property (.vnnlib or .vnnlib.gz)")
+    loc.add_argument("--method", choices=sorted(LOCALIZERS), default="causal",
+                     help="causal (CARE, default), gradient, shap (SHARPEN), activation "
+                          "(divergence from benign inputs) or random")
+    loc.add_argument("--layer", type=_layer_choice, default="last",
+                     help="hidden layer index (0-based), 'last' (default) or 'all'")
+    loc.add_argument("--top", type=_count(1), default=10, help="rows to print (default 10)")
+    loc.add_argument("--json", help="write the whole ranking as JSON here")
+    loc.add_argument("--samples", type=_count(1), default=10000,
+                     help="uniform samples per input box (default 10000)")
+    loc.add_argument("--values", type=_count(2), default=16,
+                     help="intervention values per neuron for 'causal' (default 16)")
+    loc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    loc.add_argument("--timeout", type=_seconds, default=120.0,
+                     help="verifier seconds when sampling finds nothing (default 120)")
+    loc.set_defaults(run=_cmd_localize)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,12 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="prove a property or find a counterexample",
         description="Prove that no input in the VNN-LIB region reaches the unsafe outputs, "
                     "or find a counterexample (re-checked in onnxruntime).",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES_HELP)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_CODES_HELP + _engines_help())
     check.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
     check.add_argument("property", help="VNN-LIB property (.vnnlib or .vnnlib.gz)")
     check.add_argument("--timeout", type=_seconds, default=300.0,
                        help="seconds (default 300)")
-    check.add_argument("--engine", choices=sorted(ENGINES), default="bab")
+    check.add_argument("--engine", choices=sorted(ENGINES), default="bab",
+                       help="verification engine (default bab); see ENGINES below")
+    check.add_argument("--cross-check", choices=sorted(ENGINES), metavar="ENGINE",
+                       help="confirm a 'holds' with this second engine (its own --timeout);"
+                            " if it says 'violated' the run fails with exit code "
+                            f"{EXIT_INTERNAL}")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.add_argument("--result-file", help="write the VNN-COMP result file here")
     check.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -207,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch threads (default: all cores)")
     check.set_defaults(run=_cmd_check)
     _add_repair_parser(sub)
+    _add_localize_parser(sub)
     return parser
 
 

@@ -251,3 +251,34 @@ def test_unsupported_last_layer_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.startswith("error:"), proc.stderr
     assert "last layer" in proc.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+# --------------------------------------------------------------------------- localize, cross-check
+
+def test_localized_repair_with_cross_check_records_both(tmp_path: Path) -> None:
+    model_path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_model(), str(model_path))
+    grid = np.stack(np.meshgrid(np.linspace(0, 0.5, 21), np.linspace(0, 0.5, 21)),
+                    -1).reshape(-1, 2)
+    gap = ort_run(model_path, grid) @ np.array([1.0, -1.0])
+    threshold = float(np.quantile(gap, 0.1))
+    prop = tmp_path / "planted.vnnlib"
+    prop.write_text(vnnlib([0.0, 0.0], [0.5, 0.5], 2,
+                           f"(assert (<= (+ Y_0 (* -1.0 Y_1)) {threshold!r}))"))
+    out, report = tmp_path / "fixed.onnx", tmp_path / "report.json"
+    proc = run_cli("repair", model_path, prop, "-o", out, "--budget", "300", "--quiet",
+                   "--domain-lower", "-1", "-1", "--domain-upper", "1", "1",
+                   "--localize", "causal", "--cross-check", "z3", "--report", report)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(report.read_text())
+    assert data["localize"] == "causal" and data["free_set"]
+    assert data["patched_neurons"] and all(0 <= j < 8 for j in data["patched_neurons"])
+    assert data["properties"][0]["cross_check"] == "z3: holds"
+    assert run_cli("check", out, prop, "--quiet", "--engine", "z3").returncode == 0
+
+
+def test_repair_cross_check_with_unknown_engine_is_bad_input(tmp_path: Path) -> None:
+    proc = run_cli("repair", MODEL, FAR_IS_COC, "-o", tmp_path / "x.onnx",
+                   "--cross-check", "nosuch")
+    assert proc.returncode == 2 and "nosuch" in proc.stderr
+    assert not (tmp_path / "x.onnx").exists()

@@ -19,6 +19,7 @@ import numpy as np
 from verirepair.errors import MismatchError
 from verirepair.net_types import Affine, AffineReluNet
 from verirepair.network import Network, load_network
+from verirepair.repair.focus import FreeSet, all_parameters, escalation, ranked_neurons
 from verirepair.repair.partition import Partition, partition, refine
 from verirepair.repair.qp import (BoxRows, Penalties, QPOutcome, SampleRows, box_slack,
                                   solve_incremental, sound_box_margin)
@@ -27,7 +28,7 @@ from verirepair.repair.rows import (box_rows, counterexample_mask, decision_rows
 from verirepair.repair.save import last_layer_initializers, patched_model, save_temp
 from verirepair.spec import load_spec
 from verirepair.spec_types import Spec
-from verirepair.verify.engine import VerifyOptions, check_compatible, verify
+from verirepair.verify.engine import VerifyOptions, check_compatible, cross_check, verify
 from verirepair.verify.types import Verdict
 
 
@@ -36,11 +37,11 @@ log = logging.getLogger("verirepair.repair")
 
 @dataclass(frozen=True)
 class RepairOptions:
-    max_boxes: int = 5000  # leaves per case in the first partition
+    max_boxes: int = 1500  # leaves per case in the first partition
     min_width: float = 1.0 / 64  # smallest relative box width that is still split
     eps_rel: float = 1e-5  # box margin kept where the original is proven, relative
     fix_margin_rel: float = 2e-3  # box margin where a fix is needed (eases the final proof)
-    margin_rel: float = 1e-3  # decision margin kept on benign samples, relative
+    margin_rel: float = 1e-5  # decision margin kept on benign samples, relative
     domain_samples: int = 20000
     box_samples: int = 500  # per case box
     split_rounds: int = 12
@@ -50,6 +51,10 @@ class RepairOptions:
     argmax: bool = False
     soft_weight: float = 100.0  # cost per unit of a broken decision margin (soft mode)
     box_penalty: float = 1e3  # cost per unit of box shortfall (such boxes are split)
+    localize: str = "none"  # a verirepair.localize method, or "none": all parameters
+    cross_check: str | None = None  # a second engine that must not contradict the proof
+    localize_fraction: float = 0.1  # first try the top 10 % of the last-hidden neurons
+    localize_min_active: float = 0.5  # candidates are active on >= 50 % of the cex
     domain_lower: tuple[float, ...] | None = None
     domain_upper: tuple[float, ...] | None = None
     seed: int = 0
@@ -63,6 +68,9 @@ class PropertyReport:
     after: str = "not checked"
     seconds: float = 0.0  # verification of the repaired file
     seconds_before: float = 0.0  # verification of the original
+    engine: str = "bab"
+    cross_check: str = ""  # "<engine>: <verdict>" of the second proof, when asked for
+    cross_check_seconds: float = 0.0
 
 
 @dataclass
@@ -85,6 +93,9 @@ class RepairReport:
     max_output_change: float | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    localize: str = "none"
+    patched_neurons: list[int] = field(default_factory=list)  # last-hidden, outgoing weights
+    free_set: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,8 +200,26 @@ def _solve_once(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairO
     return out
 
 
+def _free_sets(network: Network, specs: list[Spec], options: RepairOptions,
+               report: RepairReport, start: float, budget: float) -> list[FreeSet]:
+    """The escalating parameter sets to try (just "all" without a localiser)."""
+    last = network.net.layers[-1]
+    report.localize = options.localize
+    if options.localize == "none":
+        return [all_parameters(*last.weight.shape)]
+    targets = [s for s, p in zip(specs, report.properties)
+               if p.role == "target" and p.before == Verdict.VIOLATED.value]
+    t0 = time.monotonic()
+    order = ranked_neurons(network, targets, options.localize, options.seed,
+                           min(30.0, _deadline_left(start, budget) / 4),
+                           options.localize_min_active)
+    log.info("localize (%s): %s in %.1f s", options.localize, order[:10],
+             time.monotonic() - t0)
+    return escalation(order, *last.weight.shape, options.localize_fraction)
+
+
 def _solve(prob: _Problem, options: RepairOptions, report: RepairReport, start: float,
-           budget: float) -> tuple[np.ndarray, np.ndarray] | None:
+           budget: float, split_rounds: int) -> tuple[np.ndarray, np.ndarray] | None:
     """QP with penalised box shortfall: split the boxes that fall short and solve again;
     grow eps when float32 rounding breaks a box row. Returns float32-exact (W, b)."""
     last = prob.network.net.layers[-1]
@@ -208,7 +237,7 @@ def _solve(prob: _Problem, options: RepairOptions, report: RepairReport, start: 
             report.notes.append("the QP solver failed or hit its iteration limit")
             return None
         if out.short.any():
-            if splits >= options.split_rounds:
+            if splits >= split_rounds:
                 report.notes.append(f"{int(out.short.sum())} boxes still fall short "
                                     f"after {splits} split rounds")
                 return None
@@ -294,7 +323,18 @@ def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
     log.info("partition: %d leaf boxes", sum(p.size for p in parts))
     samples, scale = _samples(network, specs, domain, options)
     prob = _Problem(network, specs, parts, samples, domain, scale)
-    solved = _solve(prob, options, report, start, budget_s)
+    solved = None
+    for free in _free_sets(network, specs, options, report, start, budget_s):
+        prob.free = free.mask
+        last_try = free.label.startswith("all")
+        solved = _solve(prob, options, report, start, budget_s,
+                        options.split_rounds if last_try else 0)
+        if solved is not None:
+            report.free_set = free.label
+            report.patched_neurons = list(free.neurons)
+            break
+        if not last_try:
+            report.notes.append(f"{free.label}: not enough, escalating")
     if solved is None:
         report.status = "failed: " + report.notes[-1]
         return
@@ -323,6 +363,27 @@ def _prove_and_publish(network: Network, specs: list[Spec], tmp: Path, out_path,
     if failed:
         report.status = "failed: not proven on the saved file: " + ", ".join(failed)
         return
+    if options.cross_check and not _cross_check(repaired, specs, options.cross_check,
+                                                report, start, budget_s):
+        return
     os.replace(tmp, out_path)
     report.output = str(out_path)
     report.status = "proven"
+
+
+def _cross_check(repaired: Network, specs: list[Spec], engine: str, report: RepairReport,
+                 start: float, budget_s: float) -> bool:
+    """Second proof of every property by ``engine``; False (status set) when it finds a
+    counterexample to a property our engine proved: that is a bug in one of them, and
+    nothing is published. Unknown/timeout are recorded and do not block."""
+    per = max(_deadline_left(start, budget_s) / max(len(specs), 1), 5.0)
+    for prop, spec in zip(report.properties, specs):
+        t0 = time.monotonic()
+        result = cross_check(repaired, spec, engine, per)
+        prop.cross_check = f"{engine}: {result.verdict.value}"
+        prop.cross_check_seconds = round(time.monotonic() - t0, 3)
+        if result.verdict is Verdict.VIOLATED:
+            report.status = (f"failed: {engine} found a counterexample to {prop.path} that "
+                             f"bab proved; this is a bug, please report it")
+            return False
+    return True

@@ -294,9 +294,9 @@ def build_qp(weight: np.ndarray, bias: np.ndarray, boxes: BoxRows, box_sel: np.n
                             (np.arange(n_box + n_smp), lay.n_base + np.arange(n_box + n_smp))),
                            shape=(n_box + n_smp, n_cols))
     g = sp.vstack([gb + slack_b, ga, gs + slack_s, nonneg]).tocsc()
-    diag = np.concatenate([np.full(lay.n_w, 2.0), np.zeros(n_cols - lay.t0)])
     q = np.concatenate([np.zeros(lay.n_base), np.full(n_box, penalties.box or 0.0),
                         np.full(n_smp, penalties.sample or 0.0)])
+    diag = np.concatenate([np.full(lay.n_w, 2.0), np.zeros(n_cols - lay.t0)])
     return QPProblem(P=sp.diags(diag).tocsc(), q=q, G=g,
                      h=np.concatenate([hb, ha, hs, np.zeros(n_box + n_smp)]), free=free,
                      n_box_slack=n_box, n_sample_slack=n_smp)

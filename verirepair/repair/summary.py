@@ -9,12 +9,19 @@ def repair_summary(report: RepairReport) -> str:
     """A few lines: status, per-property verdicts, size of the change, fidelity."""
     lines = [f"repair: {report.status}"]
     for prop in report.properties:
+        second = (f"; {prop.cross_check} ({prop.cross_check_seconds:.2f} s)"
+                  if prop.cross_check else "")
         lines.append(f"  {prop.role:8s} {prop.path}: {prop.before} "
-                     f"({prop.seconds_before:.2f} s) -> {prop.after} ({prop.seconds:.2f} s)")
+                     f"({prop.seconds_before:.2f} s) -> {prop.after} ({prop.seconds:.2f} s)"
+                     f"{second}")
     if report.changed_parameters:
         lines.append(f"  changed parameters: {report.changed_parameters}, "
                      f"L2 {report.l2_change:.4g}, Linf {report.linf_change:.4g}")
         lines.append(f"  leaf boxes: {report.leaf_boxes}, QP solves: {report.iterations}")
+        if report.free_set:
+            lines.append(f"  patched: {report.free_set}"
+                         + (f" (localize: {report.localize})" if report.localize != "none"
+                            else ""))
     if report.agreement is not None:
         lines.append(f"  decision agreement: {100 * report.agreement:.2f} %, "
                      f"max output change: {report.max_output_change:.4g}")
