@@ -106,9 +106,9 @@ def _range(coef: Tensor, mid: Tensor, rad: Tensor, size: Tensor
            ) -> tuple[Tensor, Tensor]:
     """Outward-widened [min, max] of the linear functions ``coef`` (N, n+1, m) on the box."""
     absc = coef.abs()
-    centre = torch.bmm(mid.unsqueeze(1), coef).squeeze(1)
-    spread = torch.bmm(rad.unsqueeze(1), absc).squeeze(1)
-    mag = torch.bmm(size.unsqueeze(1), absc).squeeze(1)
+    centre = (mid.unsqueeze(-1) * coef).sum(1)  # batched vector-matrix products:
+    spread = (rad.unsqueeze(-1) * absc).sum(1)  # elementwise + sum beats bmm on CPU here
+    mag = (size.unsqueeze(-1) * absc).sum(1)
     return _outward(centre - spread, mag, -1.0), _outward(centre + spread, mag, 1.0)
 
 
@@ -206,36 +206,65 @@ def initial_alphas(hidden: HiddenBounds, rows: int) -> list[Tensor]:
             for l, u in zip(hidden.lower, hidden.upper)]
 
 
+@dataclass
+class _Adam:
+    """Projected Adam state for a list of slope tensors (torch.optim's Adam would import
+    torch._dynamo on first use: ~1.3 s of CPU per process)."""
+
+    lr: float
+    m: list[Tensor]
+    v: list[Tensor]
+    t: int = 0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+def _adam_step(state: _Adam, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+    """One Adam step (minimising), then projection onto [0, 1]; returns new tensors."""
+    state.t += 1
+    b1, b2 = state.beta1, state.beta2
+    out = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        state.m[i] = b1 * state.m[i] + (1 - b1) * g
+        state.v[i] = b2 * state.v[i] + (1 - b2) * g * g
+        m_hat = state.m[i] / (1 - b1 ** state.t)
+        v_hat = state.v[i] / (1 - b2 ** state.t)
+        out.append((p - state.lr * m_hat / (v_hat.sqrt() + state.eps)).clamp(0.0, 1.0))
+    return out
+
+
 def optimized_spec_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Tensor,
                                 upper: Tensor, c: Tensor, d: Tensor, steps: int = 8,
-                                lr: float = 0.3) -> SpecBounds:
+                                lr: float = 0.3, initial: SpecBounds | None = None
+                                ) -> SpecBounds:
     """alpha-CROWN on the output rows: lower ReLU slopes optimised by projected Adam.
 
-    Hidden bounds stay fixed; every iterate is a valid bound, the best per row is kept.
+    Hidden bounds stay fixed; every iterate is a valid bound (any slopes in [0, 1] are),
+    the best per row is kept. ``initial``: the plain CROWN bound with these hidden
+    bounds, if already computed. Returns detached tensors.
     Reference: Xu et al., "Fast and Complete" (alpha-CROWN), ICLR 2021.
     """
-    best = spec_lower_bounds(layers, hidden, lower, upper, c, d)
-    alphas = [a.requires_grad_(True) for a in initial_alphas(hidden, c.shape[0])]
-    opt = torch.optim.Adam(alphas, lr=lr)
-    best_lb, best_coef = best.lower.clone(), best.coef.clone()
-    for _ in range(steps):
+    best = initial or spec_lower_bounds(layers, hidden, lower, upper, c, d)
+    best_lb, best_coef = best.lower.detach().clone(), best.coef.detach().clone()
+    alphas = initial_alphas(hidden, c.shape[0])
+    if not alphas:  # no hidden layer: CROWN is already exact
+        return SpecBounds(lower=best_lb, coef=best_coef)
+    state = _Adam(lr, [torch.zeros_like(a) for a in alphas],
+                  [torch.zeros_like(a) for a in alphas])
+    for step in range(steps + 1):
+        last = step == steps
         with torch.enable_grad():
-            sb = spec_lower_bounds(layers, hidden, lower, upper, c, d, alphas)
-            opt.zero_grad()
-            (-sb.lower.sum()).backward()
-        opt.step()
-        with torch.no_grad():
-            for a in alphas:
-                a.clamp_(0.0, 1.0)
-            lb = sb.lower.detach()
-            better = lb > best_lb
-            best_lb = torch.where(better, lb, best_lb)
-            best_coef = torch.where(better.unsqueeze(-1), sb.coef.detach(), best_coef)
-    with torch.no_grad():
-        final = spec_lower_bounds(layers, hidden, lower, upper, c, d, alphas)
-        better = final.lower > best_lb
-        best_lb = torch.where(better, final.lower, best_lb)
-        best_coef = torch.where(better.unsqueeze(-1), final.coef, best_coef)
+            params = [a.detach().requires_grad_(not last) for a in alphas]
+            sb = spec_lower_bounds(layers, hidden, lower, upper, c, d, params)
+            if not last:
+                grads = torch.autograd.grad(-sb.lower.sum(), params)
+        lb = sb.lower.detach()
+        better = lb > best_lb
+        best_lb = torch.where(better, lb, best_lb)
+        best_coef = torch.where(better.unsqueeze(-1), sb.coef.detach(), best_coef)
+        if not last:
+            alphas = _adam_step(state, alphas, [g.detach() for g in grads])
     return SpecBounds(lower=best_lb, coef=best_coef)
 
 
@@ -283,7 +312,7 @@ def _backward_lower(layers: Layers, hidden: HiddenBounds, depth: int, lam: Tenso
                                 (l >= 0).to(l.dtype)).unsqueeze(1)
         # shift >= 0, so |lam_neg| . |shift| = -(lam_neg . shift): one product serves both.
         shift = torch.where(unstable, -s_up * l, torch.zeros_like(l))
-        shifted = torch.bmm(lam.clamp_max(0), shift.unsqueeze(-1)).squeeze(-1)
+        shifted = (lam.clamp_max(0) * shift.unsqueeze(1)).sum(-1)
         const = const + shifted
         mag = mag - shifted
         lam = lam * torch.where(lam >= 0, alpha, s_up.unsqueeze(1))
