@@ -29,8 +29,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import logging
+
 import numpy as np
 import scipy.sparse as sp
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -305,16 +309,25 @@ def build_qp(weight: np.ndarray, bias: np.ndarray, boxes: BoxRows, box_sel: np.n
 ACCEPTED = ("Solved", "AlmostSolved")  # the solution is re-checked exactly afterwards
 
 
+def _row_scaled(g: sp.csc_matrix, h: np.ndarray) -> tuple[sp.csc_matrix, np.ndarray]:
+    """Each row of G z <= h divided by its largest |coefficient| (same feasible set;
+    avoids Clarabel's numerical failures on rows of very different sizes)."""
+    norm = np.asarray(abs(g).max(axis=1).todense()).ravel()
+    norm = np.where(norm > 0, norm, 1.0)
+    return (sp.diags(1.0 / norm) @ g).tocsc(), h / norm
+
+
 def _clarabel(problem: QPProblem) -> np.ndarray | None:
     import clarabel
 
     settings = clarabel.DefaultSettings()
     settings.verbose = False
-    solver = clarabel.DefaultSolver(sp.triu(problem.P).tocsc(), problem.q, problem.G,
-                                    problem.h, [clarabel.NonnegativeConeT(problem.G.shape[0])],
-                                    settings)
+    g, h = _row_scaled(problem.G, problem.h)
+    solver = clarabel.DefaultSolver(sp.triu(problem.P).tocsc(), problem.q, g, h,
+                                    [clarabel.NonnegativeConeT(g.shape[0])], settings)
     result = solver.solve()
     if str(result.status) not in ACCEPTED:
+        log.debug("clarabel: %s after %d iterations", result.status, result.iterations)
         return None
     return np.asarray(result.x)
 
