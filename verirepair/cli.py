@@ -186,7 +186,7 @@ def _cmd_repair(args: argparse.Namespace) -> int:
         engine_info(args.cross_check)  # unavailable engine: one line, exit 2
     options = RepairOptions(argmax=args.argmax, domain_lower=args.domain_lower,
                             domain_upper=args.domain_upper, localize=args.localize,
-                            cross_check=args.cross_check)
+                            cross_check=args.cross_check, patch=args.patch)
     report = repair(args.model, args.property, args.preserve or [], out, args.budget, options)
     if args.report:
         write_atomic(args.report, json_text(report.to_dict()) + "\n")
@@ -227,8 +227,10 @@ def _add_repair_parser(sub) -> None:
                      help="rank last-hidden neurons on counterexamples and patch the "
                           "outgoing weights of the top 10%% first, widening the set until "
                           "the QP succeeds (default none: every last-layer parameter)")
-    rep.add_argument("--patch", default="qp", choices=["qp"],
-                     help="patch solver: qp (minimal squared change, Clarabel)")
+    rep.add_argument("--patch", default="qp", choices=["qp", "pso", "cmaes"],
+                     help="qp: minimal squared change (Clarabel, default); pso (CARE) or "
+                          "cmaes (SHARPEN): derivative-free search; every patch must pass "
+                          "the same proof")
     rep.add_argument("--cross-check", metavar="ENGINE", choices=sorted(ENGINES),
                      help="prove every property of the saved file again with ENGINE "
                           "(e.g. marabou); a contradiction blocks the output")

@@ -282,3 +282,22 @@ def test_repair_cross_check_with_unknown_engine_is_bad_input(tmp_path: Path) -> 
                    "--cross-check", "nosuch")
     assert proc.returncode == 2 and "nosuch" in proc.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("patch", ["pso", "cmaes"])
+def test_derivative_free_patch_ends_in_the_same_proof(tmp_path: Path, patch: str) -> None:
+    model_path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_model(), str(model_path))
+    grid = np.stack(np.meshgrid(np.linspace(0, 0.5, 21), np.linspace(0, 0.5, 21)),
+                    -1).reshape(-1, 2)
+    gap = ort_run(model_path, grid) @ np.array([1.0, -1.0])
+    prop = tmp_path / "planted.vnnlib"
+    prop.write_text(vnnlib([0.0, 0.0], [0.5, 0.5], 2,
+                           f"(assert (<= (+ Y_0 (* -1.0 Y_1)) {float(np.quantile(gap, 0.1))!r}))"))
+    out, report = tmp_path / "fixed.onnx", tmp_path / "report.json"
+    proc = run_cli("repair", model_path, prop, "-o", out, "--budget", "300", "--quiet",
+                   "--domain-lower", "-1", "-1", "--domain-upper", "1", "1",
+                   "--patch", patch, "--report", report)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(report.read_text())["patch"] == patch
+    assert run_cli("check", out, prop, "--quiet").returncode == 0

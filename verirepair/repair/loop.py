@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -21,8 +22,8 @@ from verirepair.net_types import Affine, AffineReluNet
 from verirepair.network import Network, load_network
 from verirepair.repair.focus import FreeSet, all_parameters, escalation, ranked_neurons
 from verirepair.repair.partition import Partition, partition, refine
-from verirepair.repair.qp import (BoxRows, Penalties, QPOutcome, SampleRows, box_slack,
-                                  solve_incremental, sound_box_margin)
+from verirepair.repair.qp import (BoxRows, Penalties, QPOutcome, SampleRows, all_free,
+                                  box_slack, solve_incremental, sound_box_margin)
 from verirepair.repair.rows import (box_rows, counterexample_mask, decision_rows,
                                     hidden_and_output, sample_boxes)
 from verirepair.repair.save import last_layer_initializers, patched_model, save_temp
@@ -51,8 +52,11 @@ class RepairOptions:
     argmax: bool = False
     soft_weight: float = 100.0  # cost per unit of a broken decision margin (soft mode)
     box_penalty: float = 1e3  # cost per unit of box shortfall (such boxes are split)
+    decision_split_rounds: int = 4  # split boxes that conflict with decisions this often
+    decision_split_boxes: int = 400  # ... while at most this many boxes conflict
     localize: str = "none"  # a verirepair.localize method, or "none": all parameters
     cross_check: str | None = None  # a second engine that must not contradict the proof
+    patch: str = "qp"  # "qp" (minimal change, Clarabel) or a derivative-free search
     localize_fraction: float = 0.1  # first try the top 10 % of the last-hidden neurons
     localize_min_active: float = 0.5  # candidates are active on >= 50 % of the cex
     domain_lower: tuple[float, ...] | None = None
@@ -94,6 +98,7 @@ class RepairReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     localize: str = "none"
+    patch: str = "qp"
     patched_neurons: list[int] = field(default_factory=list)  # last-hidden, outgoing weights
     free_set: str = ""
 
@@ -182,22 +187,62 @@ def row_margins(prob: _Problem, rows: BoxRows, options: RepairOptions) -> np.nda
     return np.where(before > 0, options.eps_rel, options.fix_margin_rel) * prob.scale
 
 
-def _solve_once(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOptions
-                ) -> QPOutcome:
-    """Box rows carry the proof, decision rows only fidelity. Try hard decision rows,
-    then penalised ones; if the box rows alone are infeasible, penalise them too (the
-    boxes that fall short are then split by the caller)."""
+def _qp_patch(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOptions,
+              seconds: float, splits: int = 0) -> QPOutcome:
+    """Box rows carry the proof, decision rows only fidelity. Stages: all rows hard; then,
+    while few boxes conflict and split rounds remain, penalised box rows with hard
+    decision rows (the boxes that fall short are split by the caller: a conflict with a
+    decision usually comes from a box whose bounds are loose); then penalised decision
+    rows; then both penalised."""
     last = prob.network.net.layers[-1]
     margin = options.margin_rel * prob.scale
-    out = None
-    for penalties in (Penalties(), Penalties(sample=options.soft_weight),
+
+    def run(penalties: Penalties) -> QPOutcome:
+        return solve_incremental(last.weight, last.bias, rows, prob.samples, eps, margin,
+                                 options.max_qp_iterations, penalties=penalties,
+                                 free=prob.free)
+
+    out = run(Penalties())
+    if out.dW is not None:
+        return out
+    if splits < options.decision_split_rounds:
+        out = run(Penalties(box=options.box_penalty))
+        if out.dW is not None and 0 < int(out.short.sum()) <= options.decision_split_boxes:
+            return out
+    for penalties in (Penalties(sample=options.soft_weight),
                       Penalties(box=options.box_penalty, sample=options.soft_weight)):
-        out = solve_incremental(last.weight, last.bias, rows, prob.samples, eps, margin,
-                                options.max_qp_iterations, penalties=penalties,
-                                free=prob.free)
+        out = run(penalties)
         if out.dW is not None:
             return out
     return out
+
+
+def _search_patch(method: str) -> Callable[..., QPOutcome]:
+    """A derivative-free patcher (repair/search.py) with the QP patcher's contract."""
+    def run(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOptions,
+            seconds: float) -> QPOutcome:
+        from verirepair.repair.search import PATCHERS, SearchOptions
+
+        last = prob.network.net.layers[-1]
+        free = prob.free if prob.free is not None else all_free(last.weight)
+        return PATCHERS[method](last.weight, last.bias, rows, prob.samples, eps,
+                                options.margin_rel * prob.scale, free,
+                                SearchOptions(seed=options.seed), seconds)
+    return run
+
+
+PATCH_METHODS: dict[str, Callable[..., QPOutcome]] = {
+    "qp": _qp_patch,
+    "pso": _search_patch("pso"),
+    "cmaes": _search_patch("cmaes"),
+}
+
+
+def _solve_once(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOptions,
+                seconds: float, splits: int) -> QPOutcome:
+    if options.patch == "qp":
+        return _qp_patch(prob, rows, eps, options, seconds, splits)
+    return PATCH_METHODS[options.patch](prob, rows, eps, options, seconds)
 
 
 def _free_sets(network: Network, specs: list[Spec], options: RepairOptions,
@@ -205,6 +250,7 @@ def _free_sets(network: Network, specs: list[Spec], options: RepairOptions,
     """The escalating parameter sets to try (just "all" without a localiser)."""
     last = network.net.layers[-1]
     report.localize = options.localize
+    report.patch = options.patch
     if options.localize == "none":
         return [all_parameters(*last.weight.shape)]
     targets = [s for s, p in zip(specs, report.properties)
@@ -231,7 +277,8 @@ def _solve(prob: _Problem, options: RepairOptions, report: RepairReport, start: 
             return None
         rows = box_rows(list(zip(prob.specs, prob.parts)))
         eps = grow * row_margins(prob, rows, options)
-        out = _solve_once(prob, rows, eps, options)
+        out = _solve_once(prob, rows, eps, options, _deadline_left(start, budget) / 2,
+                          splits)
         _record(report, out, rows, eps)
         if out.dW is None:
             report.notes.append("the QP solver failed or hit its iteration limit")
