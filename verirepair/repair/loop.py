@@ -150,12 +150,20 @@ def _samples(network: Network, specs: list[Spec], domain, options: RepairOptions
     return decision_rows(h, y, bad, options.margin_rel * scale, options.argmax), scale
 
 
-def _verify_all(network: Network, specs: list[Spec], seconds: float) -> list[tuple[Verdict, float]]:
+RESERVE_PER_SPEC = 2.0  # seconds kept back for each spec still to verify
+
+
+def _verify_all(network: Network, specs: list[Spec], seconds: float
+                ) -> list[tuple[Verdict, float]]:
+    """Verify every spec within ``seconds`` in all. Most take about a second, so each one
+    may use what is left, minus a small reserve for each spec after it."""
     out = []
-    per = max(seconds / max(len(specs), 1), 1.0)
-    for spec in specs:
+    end = time.monotonic() + seconds
+    for index, spec in enumerate(specs):
         t0 = time.monotonic()
-        result = verify(network, spec, VerifyOptions(timeout=per))
+        later = len(specs) - 1 - index
+        timeout = max(end - t0 - RESERVE_PER_SPEC * later, 1.0)
+        result = verify(network, spec, VerifyOptions(timeout=timeout))
         out.append((result.verdict, time.monotonic() - t0))
     return out
 
