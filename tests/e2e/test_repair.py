@@ -76,6 +76,23 @@ def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
                      .reshape(-1) for row in x])
 
 
+def planted_problem(tmp_path: Path, steps: int) -> tuple[Path, Path, np.ndarray, float]:
+    """Tiny model and a property violated on ~10 % of [0, 0.5]^2 ("Y_0 - Y_1 > t").
+
+    Returns (model path, property path, the steps x steps grid used, t).
+    """
+    model_path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_model(), str(model_path))
+    grid = np.stack(np.meshgrid(np.linspace(0, 0.5, steps), np.linspace(0, 0.5, steps)),
+                    -1).reshape(-1, 2)
+    gap = ort_run(model_path, grid) @ np.array([1.0, -1.0])
+    threshold = float(np.quantile(gap, 0.1))
+    prop = tmp_path / "planted.vnnlib"
+    prop.write_text(vnnlib([0.0, 0.0], [0.5, 0.5], 2,
+                           f"(assert (<= (+ Y_0 (* -1.0 Y_1)) {threshold!r}))"))
+    return model_path, prop, grid, threshold
+
+
 # --------------------------------------------------------------------------- (a) demo
 
 def test_demo_repair_is_proven(tmp_path: Path) -> None:
@@ -100,17 +117,7 @@ def test_demo_repair_is_proven(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- (b) planted
 
 def test_generated_network_with_planted_violation(tmp_path: Path) -> None:
-    model_path = tmp_path / "tiny.onnx"
-    onnx.save(tiny_model(), str(model_path))
-    lower, upper = [0.0, 0.0], [0.5, 0.5]
-    grid = np.stack(np.meshgrid(np.linspace(0, 0.5, 41), np.linspace(0, 0.5, 41)),
-                    -1).reshape(-1, 2)
-    y = ort_run(model_path, grid)
-    gap = y[:, 0] - y[:, 1]
-    threshold = float(np.quantile(gap, 0.1))  # ~10 % of the box violates "Y_0 - Y_1 > t"
-    prop = tmp_path / "planted.vnnlib"
-    prop.write_text(vnnlib(lower, upper, 2,
-                           f"(assert (<= (+ Y_0 (* -1.0 Y_1)) {threshold!r}))"))
+    model_path, prop, grid, threshold = planted_problem(tmp_path, 41)
     assert run_cli("check", model_path, prop, "--quiet").returncode == 10
     out = tmp_path / "fixed.onnx"
     proc = run_cli("repair", model_path, prop, "-o", out, "--budget", "300",
@@ -256,15 +263,7 @@ def test_unsupported_last_layer_is_a_clear_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- localize, cross-check
 
 def test_localized_repair_with_cross_check_records_both(tmp_path: Path) -> None:
-    model_path = tmp_path / "tiny.onnx"
-    onnx.save(tiny_model(), str(model_path))
-    grid = np.stack(np.meshgrid(np.linspace(0, 0.5, 21), np.linspace(0, 0.5, 21)),
-                    -1).reshape(-1, 2)
-    gap = ort_run(model_path, grid) @ np.array([1.0, -1.0])
-    threshold = float(np.quantile(gap, 0.1))
-    prop = tmp_path / "planted.vnnlib"
-    prop.write_text(vnnlib([0.0, 0.0], [0.5, 0.5], 2,
-                           f"(assert (<= (+ Y_0 (* -1.0 Y_1)) {threshold!r}))"))
+    model_path, prop, _, _ = planted_problem(tmp_path, 21)
     out, report = tmp_path / "fixed.onnx", tmp_path / "report.json"
     proc = run_cli("repair", model_path, prop, "-o", out, "--budget", "300", "--quiet",
                    "--domain-lower", "-1", "-1", "--domain-upper", "1", "1",
@@ -286,14 +285,7 @@ def test_repair_cross_check_with_unknown_engine_is_bad_input(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("patch", ["pso", "cmaes"])
 def test_derivative_free_patch_ends_in_the_same_proof(tmp_path: Path, patch: str) -> None:
-    model_path = tmp_path / "tiny.onnx"
-    onnx.save(tiny_model(), str(model_path))
-    grid = np.stack(np.meshgrid(np.linspace(0, 0.5, 21), np.linspace(0, 0.5, 21)),
-                    -1).reshape(-1, 2)
-    gap = ort_run(model_path, grid) @ np.array([1.0, -1.0])
-    prop = tmp_path / "planted.vnnlib"
-    prop.write_text(vnnlib([0.0, 0.0], [0.5, 0.5], 2,
-                           f"(assert (<= (+ Y_0 (* -1.0 Y_1)) {float(np.quantile(gap, 0.1))!r}))"))
+    model_path, prop, _, _ = planted_problem(tmp_path, 21)
     out, report = tmp_path / "fixed.onnx", tmp_path / "report.json"
     proc = run_cli("repair", model_path, prop, "-o", out, "--budget", "300", "--quiet",
                    "--domain-lower", "-1", "-1", "--domain-upper", "1", "1",

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from verirepair.errors import MismatchError
-from verirepair.net_types import Affine, AffineReluNet
+from verirepair.net_types import AffineReluNet
 from verirepair.network import Network, load_network
 from verirepair.repair.focus import FreeSet, all_parameters, escalation, ranked_neurons
 from verirepair.repair.partition import Partition, partition, refine
@@ -168,10 +168,6 @@ def _verify_all(network: Network, specs: list[Spec], seconds: float
     return out
 
 
-def _with_last(net: AffineReluNet, weight: np.ndarray, bias: np.ndarray) -> AffineReluNet:
-    return AffineReluNet(net.layers[:-1] + (Affine(weight=weight, bias=bias),))
-
-
 def _split_leaves(prob: _Problem, rows: BoxRows, which: np.ndarray) -> int:
     """Bisect the leaves of the selected box rows once; returns how many were split."""
     bad = np.zeros(sum(p.size for p in prob.parts), dtype=bool)
@@ -196,7 +192,7 @@ def row_margins(prob: _Problem, rows: BoxRows, options: RepairOptions) -> np.nda
 
 
 def _qp_patch(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOptions,
-              seconds: float, splits: int = 0) -> QPOutcome:
+              seconds: float, splits: int) -> QPOutcome:
     """Box rows carry the proof, decision rows only fidelity. Stages: all rows hard; then,
     while few boxes conflict and split rounds remain, penalised box rows with hard
     decision rows (the boxes that fall short are split by the caller: a conflict with a
@@ -228,7 +224,7 @@ def _qp_patch(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOpt
 def _search_patch(method: str) -> Callable[..., QPOutcome]:
     """A derivative-free patcher (repair/search.py) with the QP patcher's contract."""
     def run(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOptions,
-            seconds: float) -> QPOutcome:
+            seconds: float, splits: int) -> QPOutcome:
         from verirepair.repair.search import PATCHERS, SearchOptions
 
         last = prob.network.net.layers[-1]
@@ -248,9 +244,7 @@ PATCH_METHODS: dict[str, Callable[..., QPOutcome]] = {
 
 def _solve_once(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOptions,
                 seconds: float, splits: int) -> QPOutcome:
-    if options.patch == "qp":
-        return _qp_patch(prob, rows, eps, options, seconds, splits)
-    return PATCH_METHODS[options.patch](prob, rows, eps, options, seconds)
+    return PATCH_METHODS[options.patch](prob, rows, eps, options, seconds, splits)
 
 
 def _free_sets(network: Network, specs: list[Spec], options: RepairOptions,
