@@ -5,7 +5,11 @@ that network is preserved (φ1, φ3, φ4 on all but N1,7–N1,9; φ5–φ10 on t
 The repaired file is then re-checked by the ``verirepair check`` command in a fresh
 process, property by property. Writes ``acasxu_repair.csv`` and ``acasxu_repair.md``.
 
-    python benchmarks/acasxu_repair.py [--filter REGEX] [--budget S] [--out DIR]
+    python benchmarks/acasxu_repair.py [--filter REGEX] [--budget S] [--out DIR] \
+        [--jobs N] [--set OPTION=VALUE ...]
+
+``--set`` overrides a field of ``RepairOptions`` (e.g. ``--set localize=causal``); each
+worker process uses one torch thread.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,28 +63,62 @@ def check_cli(model: Path, prop: Path, timeout: float) -> tuple[str, float]:
     return verdict, time.perf_counter() - start
 
 
-def run_pair(bench: Path, out: Path, a: int, b: int, prop: int, budget: float) -> dict:
+def _parse_bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``OPTION=VALUE`` strings to RepairOptions fields, typed like their defaults
+    (a field whose default is None takes a string)."""
+    defaults = RepairOptions()
+    parsers = {f.name: type(getattr(defaults, f.name)) for f in fields(RepairOptions)}
+    parsers = {k: {bool: _parse_bool, type(None): str}.get(v, v) for k, v in parsers.items()}
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in parsers:
+            raise SystemExit(f"--set {item}: no such repair option")
+        out[key] = parsers[key](value)
+    return out
+
+
+def run_pair(bench: Path, out: Path, a: int, b: int, prop: int, budget: float,
+             overrides: dict | None = None, recheck: bool = True) -> dict:
+    """Repair one pair; with ``recheck`` the saved file is proven again by the CLI in a
+    fresh process (otherwise the proof is the one repair() ran on the re-loaded file)."""
+    import torch
+
+    torch.set_num_threads(1)
     model = bench / f"ACASXU_run2a_{a}_{b}_batch_2000.onnx"
     target = bench / f"prop_{prop}.vnnlib"
     preserve = [bench / f"prop_{p}.vnnlib" for p in applicable(a, b) if p != prop]
     repaired = out / f"N{a}_{b}_prop_{prop}.onnx"
-    options = replace(RepairOptions(), domain_lower=DOMAIN_LOWER, domain_upper=DOMAIN_UPPER)
+    options = replace(RepairOptions(), domain_lower=DOMAIN_LOWER, domain_upper=DOMAIN_UPPER,
+                      **(overrides or {}))
     start = time.perf_counter()
     report = repair(model, [target], preserve, repaired, budget, options)
     seconds = time.perf_counter() - start
     rechecks = []
-    if report.status == "proven":
+    if report.status == "proven" and recheck:
         rechecks = [check_cli(repaired, p, 300.0) for p in [target, *preserve]]
     proven = report.status == "proven" and all(v == "holds" for v, _ in rechecks)
+    proven_by = "check" if recheck else "repair"
     return {
         "network": f"N{a},{b}", "property": f"phi{prop}",
         "preserved": " ".join(f"phi{p}" for p in applicable(a, b) if p != prop),
-        "status": report.status, "proven_by_check": proven, "seconds": round(seconds, 2),
+        "status": report.status, "proven_by_check": proven, "proven_by": proven_by, "seconds": round(seconds, 2),
         "changed_parameters": report.changed_parameters,
         "l2_change": round(report.l2_change, 6), "linf_change": round(report.linf_change, 6),
         "agreement": report.agreement, "max_output_change": report.max_output_change,
         "recheck": " ".join(v for v, _ in rechecks),
     }
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def summary(rows: list[dict], command: str) -> str:
@@ -111,24 +150,28 @@ def main() -> int:
     parser.add_argument("--filter", default="", help="regex on 'N2,1 phi2'")
     parser.add_argument("--budget", type=float, default=600.0)
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/repair"))
+    parser.add_argument("--jobs", type=int, default=1, help="pairs repaired in parallel")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                        help="override a RepairOptions field")
     args = parser.parse_args()
+    overrides = parse_overrides(args.set)
     logging.basicConfig(level=logging.WARNING)
     bench = Path(args.benchmarks) / "acasxu"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    pairs = [(a, b, p) for a, b, p in unsafe_pairs()
+             if not args.filter or re.search(args.filter, f"N{a},{b} phi{p}")]
     rows = []
-    for a, b, prop in unsafe_pairs():
-        if args.filter and not re.search(args.filter, f"N{a},{b} phi{prop}"):
-            continue
-        row = run_pair(bench, out, a, b, prop, args.budget)
-        rows.append(row)
-        print(f"[{len(rows)}] {row['network']} {row['property']}: {row['status']} "
-              f"{row['seconds']} s agreement {row['agreement']}", file=sys.stderr,
-              flush=True)
-        with open(out / "acasxu_repair.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    with ProcessPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        futures = [pool.submit(run_pair, bench, out, a, b, p, args.budget, overrides)
+                   for a, b, p in pairs]
+        for future in futures:
+            row = future.result()
+            rows.append(row)
+            print(f"[{len(rows)}/{len(pairs)}] {row['network']} {row['property']}: "
+                  f"{row['status']} {row['seconds']} s agreement {row['agreement']}",
+                  file=sys.stderr, flush=True)
+            write_csv(out / "acasxu_repair.csv", rows)
     (out / "acasxu_repair.md").write_text(summary(rows, " ".join(sys.argv)))
     print(summary(rows, " ".join(sys.argv)))
     return 0 if rows and all(r["proven_by_check"] for r in rows) else 1

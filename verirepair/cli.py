@@ -227,10 +227,12 @@ def _add_repair_parser(sub) -> None:
                      help="rank last-hidden neurons on counterexamples and patch the "
                           "outgoing weights of the top 10%% first, widening the set until "
                           "the QP succeeds (default none: every last-layer parameter)")
-    rep.add_argument("--patch", default="qp", choices=["qp", "pso", "cmaes"],
-                     help="qp: minimal squared change (Clarabel, default); pso (CARE) or "
-                          "cmaes (SHARPEN): derivative-free search; every patch must pass "
-                          "the same proof")
+    rep.add_argument("--patch", default="qp", choices=["qp", "milp", "pso", "cmaes"],
+                     help="qp: minimal squared change (Clarabel, default); milp: first "
+                          "change the incoming weights of a few last-hidden neurons on "
+                          "points (MILP, HiGHS or Gurobi; --localize picks them, default "
+                          "gradient), then the qp; pso (CARE) or cmaes (SHARPEN): "
+                          "derivative-free search; every patch must pass the same proof")
     rep.add_argument("--cross-check", metavar="ENGINE", choices=sorted(ENGINES),
                      help="prove every property of the saved file again with ENGINE "
                           "(e.g. marabou); a contradiction blocks the output")

@@ -29,3 +29,8 @@ class ModelError(VerirepairError):
 
 class MismatchError(VerirepairError):
     """The property does not fit the model (variable counts, shapes)."""
+
+
+class SolverError(VerirepairError):
+    """A requested optimisation solver is not installed or cannot take the problem
+    (e.g. the size limit of its licence)."""

@@ -283,13 +283,17 @@ def test_repair_cross_check_with_unknown_engine_is_bad_input(tmp_path: Path) -> 
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.parametrize("patch", ["pso", "cmaes"])
-def test_derivative_free_patch_ends_in_the_same_proof(tmp_path: Path, patch: str) -> None:
+@pytest.mark.parametrize("patch", ["pso", "cmaes", "milp"])
+def test_every_patcher_ends_in_the_same_proof(tmp_path: Path, patch: str) -> None:
     model_path, prop, _, _ = planted_problem(tmp_path, 21)
     out, report = tmp_path / "fixed.onnx", tmp_path / "report.json"
     proc = run_cli("repair", model_path, prop, "-o", out, "--budget", "300", "--quiet",
                    "--domain-lower", "-1", "-1", "--domain-upper", "1", "1",
                    "--patch", patch, "--report", report)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert json.loads(report.read_text())["patch"] == patch
+    data = json.loads(report.read_text())
+    assert data["patch"] == patch
     assert run_cli("check", out, prop, "--quiet").returncode == 0
+    if patch == "milp":  # the hidden-layer stage ran and its change is in the saved file
+        assert data["hidden_patch"]["layer"] == 1
+        assert data["hidden_patch"]["status"] in ("optimal", "feasible")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,8 +25,8 @@ from verirepair.repair.partition import Partition, partition, refine
 from verirepair.repair.qp import (BoxRows, Penalties, QPOutcome, SampleRows, all_free,
                                   box_slack, solve_incremental, sound_box_margin)
 from verirepair.repair.rows import (box_rows, counterexample_mask, decision_rows,
-                                    hidden_and_output, sample_boxes)
-from verirepair.repair.save import last_layer_initializers, patched_model, save_temp
+                                    hidden_and_output, near_boundary, sample_boxes)
+from verirepair.repair.save import last_layer_initializers, patched_layers, save_temp
 from verirepair.spec import load_spec
 from verirepair.spec_types import Spec
 from verirepair.verify.engine import VerifyOptions, check_compatible, cross_check, verify
@@ -44,19 +44,23 @@ class RepairOptions:
     fix_margin_rel: float = 2e-3  # box margin where a fix is needed (eases the final proof)
     margin_rel: float = 1e-5  # decision margin kept on benign samples, relative
     domain_samples: int = 20000
+    boundary_pool: int = 0  # extra domain samples drawn to find near-boundary ones
+    boundary_samples: int = 0  # ... of which the ones with the smallest decision gap kept
     box_samples: int = 500  # per case box
-    split_rounds: int = 12
+    split_rounds: int = 20
     rounding_rounds: int = 6
     max_qp_iterations: int = 40
     fidelity_samples: int = 100_000
     argmax: bool = False
     soft_weight: float = 100.0  # cost per unit of a broken decision margin (soft mode)
     box_penalty: float = 1e3  # cost per unit of box shortfall (such boxes are split)
-    decision_split_rounds: int = 4  # split boxes that conflict with decisions this often
+    decision_split_rounds: int = 12  # split boxes that conflict with decisions this often
     decision_split_boxes: int = 400  # ... while at most this many boxes conflict
     localize: str = "none"  # a verirepair.localize method, or "none": all parameters
     cross_check: str | None = None  # a second engine that must not contradict the proof
     patch: str = "qp"  # "qp" (minimal change, Clarabel) or a derivative-free search
+    milp_neurons: int = 8  # --patch milp: last-hidden neurons whose inputs may change
+    milp_seconds: float = 60.0  # --patch milp: time limit of the hidden-layer MILP
     localize_fraction: float = 0.1  # first try the top 10 % of the last-hidden neurons
     localize_min_active: float = 0.5  # candidates are active on >= 50 % of the cex
     domain_lower: tuple[float, ...] | None = None
@@ -101,6 +105,7 @@ class RepairReport:
     patch: str = "qp"
     patched_neurons: list[int] = field(default_factory=list)  # last-hidden, outgoing weights
     free_set: str = ""
+    hidden_patch: dict = field(default_factory=dict)  # --patch milp: the hidden-layer stage
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +120,7 @@ class _Problem:
     domain: tuple[np.ndarray, np.ndarray]
     scale: float
     free: np.ndarray | None = None  # (n_out, H) weight entries the patch may change
+    conflicts: list[int] = field(default_factory=list)  # boxes short, per split round
 
 
 def _deadline_left(start: float, budget: float) -> float:
@@ -138,13 +144,20 @@ def _check_domain(options: RepairOptions, n_inputs: int) -> None:
 
 
 def _samples(network: Network, specs: list[Spec], domain, options: RepairOptions,
-             ) -> tuple[SampleRows, float]:
-    """Decision rows on benign samples and the output scale (max |y| on them)."""
+             stage: AffineReluNet | None = None) -> tuple[SampleRows, float]:
+    """Decision rows on benign samples and the output scale (max |y| on them). The
+    decisions are the original network's; with ``stage`` (the network after a hidden-layer
+    patch) the rows are written over the stage network's last hidden layer."""
     rng = np.random.default_rng(options.seed)
     boxes = [domain] + [(c.box.lower, c.box.upper) for s in specs for c in s.cases]
     counts = [options.domain_samples] + [options.box_samples] * (len(boxes) - 1)
     x = sample_boxes(rng, boxes, counts)
+    if options.boundary_pool and options.boundary_samples:
+        x = np.concatenate([x, near_boundary(network.net, domain, options.boundary_samples,
+                                             options.boundary_pool, options.argmax, rng)])
     h, y = hidden_and_output(network.net, x)
+    if stage is not None:
+        h, _ = hidden_and_output(stage, x)
     scale = float(max(np.abs(y).max(), 1e-6))
     bad = counterexample_mask(x, y, specs)
     return decision_rows(h, y, bad, options.margin_rel * scale, options.argmax), scale
@@ -209,9 +222,11 @@ def _qp_patch(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOpt
     out = run(Penalties())
     if out.dW is not None:
         return out
-    if splits < options.decision_split_rounds:
+    if splits < options.decision_split_rounds and not _stalled(prob):
         out = run(Penalties(box=options.box_penalty))
-        if out.dW is not None and 0 < int(out.short.sum()) <= options.decision_split_boxes:
+        short = int(out.short.sum())
+        if out.dW is not None and 0 < short <= options.decision_split_boxes:
+            prob.conflicts.append(short)
             return out
     for penalties in (Penalties(sample=options.soft_weight),
                       Penalties(box=options.box_penalty, sample=options.soft_weight)):
@@ -219,6 +234,14 @@ def _qp_patch(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOpt
         if out.dW is not None:
             return out
     return out
+
+
+def _stalled(prob: _Problem) -> bool:
+    """Splitting helps while the boxes in conflict with decisions get fewer; once they
+    stop shrinking the conflict is real (not every decision can be kept) and decisions
+    are penalised instead."""
+    c = prob.conflicts
+    return len(c) >= 2 and c[-1] >= c[-2]
 
 
 def _search_patch(method: str) -> Callable[..., QPOutcome]:
@@ -239,6 +262,7 @@ PATCH_METHODS: dict[str, Callable[..., QPOutcome]] = {
     "qp": _qp_patch,
     "pso": _search_patch("pso"),
     "cmaes": _search_patch("cmaes"),
+    "milp": _qp_patch,  # after the hidden-layer MILP (_escalate) the last layer is a QP
 }
 
 
@@ -323,9 +347,12 @@ def _fidelity(original: AffineReluNet, repaired: AffineReluNet, domain, options)
     return float(np.mean(pick(y0, axis=1) == pick(y1, axis=1))), float(np.abs(y1 - y0).max())
 
 
-def _change_stats(report: RepairReport, original: AffineReluNet, w: np.ndarray, b: np.ndarray) -> None:
-    delta = np.concatenate([(w - original.layers[-1].weight).ravel(),
-                            b - original.layers[-1].bias])
+def _change_stats(report: RepairReport, original: AffineReluNet,
+                  new: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Changed parameters and the L2 / Linf size of the change over every patched layer."""
+    delta = np.concatenate([np.concatenate([(w - original.layers[i].weight).ravel(),
+                                            b - original.layers[i].bias])
+                            for i, (w, b) in sorted(new.items())])
     report.changed_parameters = int(np.sum(np.abs(delta) > 1e-12))
     report.l2_change = float(np.linalg.norm(delta))
     report.linf_change = float(np.abs(delta).max())
@@ -368,10 +395,14 @@ def repair(network_path: str | Path, target_spec_paths: list[str | Path],
 def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
          options: RepairOptions, report: RepairReport, start: float) -> None:
     domain = _domain(specs, options)
-    parts = [partition(network.net, s, options.max_boxes, options.min_width) for s in specs]
+    stage = network
+    hidden: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if options.patch == "milp":
+        stage, hidden = _escalate(network, specs, domain, options, report, start, budget_s)
+    parts = [partition(stage.net, s, options.max_boxes, options.min_width) for s in specs]
     log.info("partition: %d leaf boxes", sum(p.size for p in parts))
-    samples, scale = _samples(network, specs, domain, options)
-    prob = _Problem(network, specs, parts, samples, domain, scale)
+    samples, scale = _samples(network, specs, domain, options, stage.net)
+    prob = _Problem(stage, specs, parts, samples, domain, scale)
     solved = None
     for free in _free_sets(network, specs, options, report, start, budget_s):
         prob.free = free.mask
@@ -388,15 +419,53 @@ def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
         report.status = "failed: " + report.notes[-1]
         return
     w32, b32 = solved
-    _change_stats(report, network.net, w32, b32)
+    _change_stats(report, network.net, {**hidden, len(network.net.layers) - 1: (w32, b32)})
     log.info("QP solved (%d solves); verifying the saved file", report.iterations)
-    tmp = save_temp(patched_model(network, w32, b32), out_path)
+    tmp = save_temp(patched_layers(network, {**hidden,
+                                             len(network.net.layers) - 1: (w32, b32)}),
+                    out_path)
     try:
         _prove_and_publish(network, specs, tmp, out_path, domain, options, report, start,
                            budget_s)
     finally:
         if tmp.exists():
             os.unlink(tmp)
+
+
+def _escalate(network: Network, specs: list[Spec], domain, options: RepairOptions,
+              report: RepairReport, start: float, budget_s: float
+              ) -> tuple[Network, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """``--patch milp``: patch the incoming weights of a few last-hidden neurons on points
+    (repair/escalate.py), rounded to float32 so that the proof is built on exactly the
+    network that is saved. Returns the network to continue from and the changed layer
+    (nothing when the MILP finds no patch: the last-layer QP then works alone)."""
+    from verirepair.repair.escalate import EscalateOptions, hidden_patch
+    from verirepair.repair.milp import patched_net
+
+    targets = [s for s, p in zip(specs, report.properties)
+               if p.role == "target" and p.before == Verdict.VIOLATED.value]
+    method = options.localize if options.localize != "none" else "gradient"
+    seconds = min(options.milp_seconds, _deadline_left(start, budget_s) / 4)
+    t0 = time.monotonic()
+    order = ranked_neurons(network, targets, method, options.seed, seconds / 2, 0.0)
+    _, y = hidden_and_output(network.net, sample_boxes(np.random.default_rng(options.seed),
+                                                       [domain], [2000]))
+    patch, neurons = hidden_patch(
+        network, targets, order, domain, float(max(np.abs(y).max(), 1e-6)),
+        EscalateOptions(neurons=options.milp_neurons, time_limit=seconds,
+                        argmax=options.argmax, seed=options.seed))
+    index = len(network.net.layers) - 2
+    report.hidden_patch = {"layer": index, "neurons": list(neurons), "localize": method,
+                           "seconds": round(time.monotonic() - t0, 3),
+                           "status": patch.status if patch else "no patch"}
+    if patch is None:
+        report.notes.append("hidden-layer MILP found no patch; last layer only")
+        return network, {}
+    w = patch.weight.astype(np.float32).astype(np.float64)
+    b = patch.bias.astype(np.float32).astype(np.float64)
+    stage = patched_net(network.net, replace(patch, weight=w, bias=b))
+    report.hidden_patch["objective"] = round(float(patch.objective), 6)
+    return replace(network, net=stage), {index: (w, b)}
 
 
 def _prove_and_publish(network: Network, specs: list[Spec], tmp: Path, out_path,

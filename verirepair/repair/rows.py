@@ -56,6 +56,19 @@ def sample_boxes(rng: np.random.Generator, boxes: list[tuple[np.ndarray, np.ndar
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
+def near_boundary(net: AffineReluNet, domain: tuple[np.ndarray, np.ndarray], count: int,
+                  pool: int, argmax: bool, rng: np.random.Generator) -> np.ndarray:
+    """The ``count`` points of a uniform pool of ``pool`` domain samples whose decision
+    gap (best vs second-best output) is smallest: a decision flips where the output
+    change exceeds the gap, so these are the decisions most at risk."""
+    x = sample_boxes(rng, [domain], [pool])
+    y = net.forward(x)
+    order = np.sort(-y if argmax else y, axis=1)
+    gap = order[:, 1] - order[:, 0]
+    count = min(count, pool)
+    return x[np.argpartition(gap, count - 1)[:count]] if count else x[:0]
+
+
 def counterexample_mask(x: np.ndarray, y: np.ndarray, specs: list[Spec]) -> np.ndarray:
     """(N,) True where x lies in some case box and y in that case's unsafe set."""
     bad = np.zeros(x.shape[0], dtype=bool)

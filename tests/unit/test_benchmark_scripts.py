@@ -1,0 +1,52 @@
+"""The benchmark scripts' own logic (option overrides, ablation summary), no solving."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import ablation  # noqa: E402
+import acasxu_repair  # noqa: E402
+
+
+def test_overrides_are_typed_like_the_defaults() -> None:
+    got = acasxu_repair.parse_overrides(["localize=causal", "boundary_pool=1000",
+                                         "argmax=true", "eps_rel=2e-5",
+                                         "cross_check=marabou"])
+    assert got == {"localize": "causal", "boundary_pool": 1000, "argmax": True,
+                   "eps_rel": 2e-5, "cross_check": "marabou"}
+
+
+def test_unknown_override_is_one_clear_error() -> None:
+    with pytest.raises(SystemExit, match="no such repair option"):
+        acasxu_repair.parse_overrides(["nosuch=1"])
+
+
+def test_the_36_unsafe_pairs_and_their_preserved_properties() -> None:
+    pairs = acasxu_repair.unsafe_pairs()
+    assert len(pairs) == 36 and len(set(pairs)) == 36
+    assert (1, 9, 7) in pairs and (2, 9, 8) in pairs
+    assert (3, 3, 2) not in pairs and (4, 2, 2) not in pairs
+    assert acasxu_repair.applicable(1, 9) == [1, 7]
+    assert acasxu_repair.applicable(2, 9) == [1, 2, 3, 4, 8]
+    assert acasxu_repair.applicable(4, 5) == [1, 2, 3, 4, 10]
+
+
+def _row(loc: str, pat: str, proven: bool, seconds: float, agreement: float | None) -> dict:
+    return {"localize": loc, "patch": pat, "proven_by_check": proven, "seconds": seconds,
+            "agreement": agreement, "changed_parameters": 10, "l2_change": 0.5}
+
+
+def test_ablation_summary_counts_and_medians() -> None:
+    rows = [_row("none", "qp", True, 2.0, 0.999), _row("none", "qp", True, 4.0, 0.997),
+            _row("none", "qp", False, 100.0, None), _row("causal", "pso", False, 9.0, 0.9)]
+    s = ablation.combo_summary([r for r in rows if r["patch"] == "qp"])
+    assert (s["proven"], s["pairs"], s["median_s"]) == (2, 3, 4.0)
+    assert s["median_agreement"] == pytest.approx(0.998) and s["min_agreement"] == 0.997
+    table = ablation.markdown(rows, [("none", "qp"), ("causal", "pso"), ("shap", "qp")], "x")
+    assert "| none | qp | 2/3 |" in table and "| causal | pso | 0/1 |" in table
+    assert "| shap |" not in table  # combinations without rows are left out
