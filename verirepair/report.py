@@ -116,12 +116,21 @@ def json_text(data: dict) -> str:
     return json.dumps(data, indent=2, sort_keys=False)
 
 
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 minus the umask); mkstemp files
+    are 0o600, which would make every output unreadable to other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write a file via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, mode) as handle:
             handle.write(data)
         os.replace(tmp, path)

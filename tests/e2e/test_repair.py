@@ -297,3 +297,19 @@ def test_every_patcher_ends_in_the_same_proof(tmp_path: Path, patch: str) -> Non
     if patch == "milp":  # the hidden-layer stage ran and its change is in the saved file
         assert data["hidden_patch"]["layer"] == 1
         assert data["hidden_patch"]["status"] in ("optimal", "feasible")
+
+
+def test_fidelity_samples_end_in_the_same_proof(tmp_path: Path) -> None:
+    model_path, prop, _, _ = planted_problem(tmp_path, 21)
+    out, report = tmp_path / "fixed.onnx", tmp_path / "report.json"
+    proc = run_cli("repair", model_path, prop, "-o", out, "--budget", "300", "--quiet",
+                   "--domain-lower", "-1", "-1", "--domain-upper", "1", "1",
+                   "--fidelity-samples", "500", "--report", report)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(report.read_text())
+    assert data["status"] == "proven" and data["sample_rows"] >= 0
+    assert run_cli("check", out, prop, "--quiet").returncode == 0
+    bad = run_cli("repair", model_path, prop, "-o", tmp_path / "y.onnx",
+                  "--fidelity-samples", "-1")
+    assert bad.returncode == 2 and "--fidelity-samples" in bad.stderr
+    assert not (tmp_path / "y.onnx").exists()

@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from verirepair.errors import ModelError
 from verirepair.network import Network
+from verirepair.report import default_file_mode
 
 
 def _nodes(model: onnx.ModelProto, names: tuple[str, ...]) -> list[onnx.NodeProto]:
@@ -131,6 +132,7 @@ def save_temp(model: onnx.ModelProto, out_path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".onnx",
                                dir=out_path.parent if str(out_path.parent) else ".")
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(model.SerializeToString())
     except BaseException:
