@@ -15,7 +15,6 @@ agreement, change size).
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import re
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from acasxu_repair import run_pair, unsafe_pairs  # noqa: E402
+from acasxu_repair import run_pair, unsafe_pairs, write_csv  # noqa: E402
 
 LOCALIZERS = ("none", "causal", "gradient", "shap", "activation", "random")
 PATCHERS = ("qp", "milp", "pso", "cmaes")
@@ -127,10 +126,7 @@ def main() -> int:
             print(f"[{len(rows)}/{len(jobs)}] {row['localize']}:{row['patch']} "
                   f"{row['network']} {row['property']}: {row['status']} {row['seconds']} s",
                   file=sys.stderr, flush=True)
-            with open(out / "ablation.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            write_csv(out / "ablation.csv", rows)
             (out / "ablation.md").write_text(markdown(rows, combos, command))
     print(markdown(rows, combos, command))
     return 0

@@ -55,15 +55,21 @@ def assert_hard_rows_hold(net: AffineReluNet, patch, req: PointRequirements) -> 
 
 # --------------------------------------------------------------------------- planted fix
 
-@pytest.mark.parametrize("solver", SOLVERS)
-def test_planted_fix_is_found_and_no_larger(solver: str) -> None:
+def planted_change():
+    """A random net, a change of hidden neuron 2's incoming weights, the planted net and
+    8 points: (net, its last hidden layer, the change [dW | db], planted net, x)."""
     net = random_net(0)
     rng = np.random.default_rng(10)
     hidden = net.layers[-2]
     change = np.zeros((hidden.n_out, hidden.n_in + 1))
     change[2] = 0.3 * rng.standard_normal(hidden.n_in + 1)
     planted = with_hidden(net, hidden.weight + change[:, :-1], hidden.bias + change[:, -1])
-    x = rng.uniform(-1.0, 1.0, (8, net.n_inputs))
+    return net, hidden, change, planted, rng.uniform(-1.0, 1.0, (8, net.n_inputs))
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_planted_fix_is_found_and_no_larger(solver: str) -> None:
+    net, hidden, change, planted, x = planted_change()
     req = band_rows(x, planted.forward(x), margin=1e-3)
     assert hard_row_shortfall(net, req).max() > 1e-2  # the original breaks some rows
     neurons = np.array([2, 4])
@@ -280,13 +286,7 @@ def test_tiny_case_matches_brute_force(rows, expected: float) -> None:
 def test_kept_points_keep_every_patched_neurons_phase(solver: str) -> None:
     """With ``keep`` on the benign points, no patched neuron changes phase there, even
     when flipping one would be cheaper; the counterexample rows still hold."""
-    net = random_net(0)
-    rng = np.random.default_rng(10)
-    hidden = net.layers[-2]
-    change = np.zeros((hidden.n_out, hidden.n_in + 1))
-    change[2] = 0.3 * rng.standard_normal(hidden.n_in + 1)
-    planted = with_hidden(net, hidden.weight + change[:, :-1], hidden.bias + change[:, -1])
-    x = rng.uniform(-1.0, 1.0, (8, net.n_inputs))
+    net, hidden, change, planted, x = planted_change()
     bands = band_rows(x[:3], planted.forward(x[:3]), margin=1e-3)
     benign = x[3:]
     keep = np.r_[np.zeros(3, bool), np.ones(5, bool)]

@@ -84,32 +84,35 @@ def decision_point_rows(net: AffineReluNet, x: np.ndarray, margin: float, argmax
             np.full(len(points), margin))
 
 
+def _group(x: np.ndarray, rows: tuple[np.ndarray, np.ndarray, np.ndarray], benign: bool
+           ) -> PointRequirements:
+    """Requirements on one set of points: benign ones are soft and keep their phases."""
+    point, c, d = rows
+    return PointRequirements(x=x, point=point, c=c, d=d, soft=np.full(point.size, benign),
+                             keep=np.full(x.shape[0], benign))
+
+
+def _concat(parts: list[PointRequirements]) -> PointRequirements:
+    """One set of requirements: the points stacked, row point indices shifted to match."""
+    offsets = np.cumsum([0] + [r.x.shape[0] for r in parts[:-1]])
+    return PointRequirements(
+        x=np.concatenate([r.x for r in parts]),
+        point=np.concatenate([r.point + off for r, off in zip(parts, offsets)]),
+        c=np.concatenate([r.c for r in parts]), d=np.concatenate([r.d for r in parts]),
+        soft=np.concatenate([r.soft for r in parts]),
+        keep=np.concatenate([r.keep for r in parts]))
+
+
 def requirements(net: AffineReluNet, cex_by_spec: list[tuple[Spec, np.ndarray]],
                  benign: np.ndarray, scale: float, options: EscalateOptions
                  ) -> PointRequirements:
     """Hard rows for the counterexamples, soft decision rows for the benign points."""
-    xs, points, cs, ds, soft, keep = [], [], [], [], [], []
-    offset = 0
-    for spec, cex in cex_by_spec:
-        p, c, d = counterexample_rows(net, cex, spec, options.margin_rel * scale)
-        xs.append(cex)
-        points.append(p + offset)
-        cs.append(c)
-        ds.append(d)
-        soft.append(np.zeros(p.size, dtype=bool))
-        keep.append(np.zeros(cex.shape[0], dtype=bool))
-        offset += cex.shape[0]
-    p, c, d = decision_point_rows(net, benign, options.decision_margin_rel * scale,
-                                  options.argmax)
-    xs.append(benign)
-    points.append(p + offset)
-    cs.append(c)
-    ds.append(d)
-    soft.append(np.ones(p.size, dtype=bool))
-    keep.append(np.ones(benign.shape[0], dtype=bool))
-    return PointRequirements(x=np.concatenate(xs), point=np.concatenate(points),
-                             c=np.concatenate(cs), d=np.concatenate(ds),
-                             soft=np.concatenate(soft), keep=np.concatenate(keep))
+    parts = [_group(cex, counterexample_rows(net, cex, spec, options.margin_rel * scale),
+                    benign=False) for spec, cex in cex_by_spec]
+    parts.append(_group(benign, decision_point_rows(net, benign,
+                                                    options.decision_margin_rel * scale,
+                                                    options.argmax), benign=True))
+    return _concat(parts)
 
 
 def hidden_patch(network: Network, targets: list[Spec], order: list[int],

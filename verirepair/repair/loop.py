@@ -149,10 +149,11 @@ def _check_domain(options: RepairOptions, n_inputs: int) -> None:
 
 
 def _samples(network: Network, specs: list[Spec], domain, options: RepairOptions,
-             stage: AffineReluNet | None = None) -> tuple[SampleRows, float]:
+             stage: AffineReluNet) -> tuple[SampleRows, float]:
     """Decision rows on benign samples and the output scale (max |y| on them). The
-    decisions are the original network's; with ``stage`` (the network after a hidden-layer
-    patch) the rows are written over the stage network's last hidden layer."""
+    decisions are the original network's; the rows are written over the last hidden layer
+    of ``stage`` (the network the last-layer patch starts from: the original, or the one
+    after a hidden-layer patch)."""
     rng = np.random.default_rng(options.seed)
     boxes = [domain] + [(c.box.lower, c.box.upper) for s in specs for c in s.cases]
     counts = [options.domain_samples] + [options.box_samples] * (len(boxes) - 1)
@@ -161,7 +162,7 @@ def _samples(network: Network, specs: list[Spec], domain, options: RepairOptions
         x = np.concatenate([x, near_boundary(network.net, domain, options.boundary_samples,
                                              options.boundary_pool, options.argmax, rng)])
     h, y = hidden_and_output(network.net, x)
-    if stage is not None:
+    if stage is not network.net:
         h, _ = hidden_and_output(stage, x)
     scale = float(max(np.abs(y).max(), 1e-6))
     bad = counterexample_mask(x, y, specs)
