@@ -10,17 +10,23 @@ agreement, change size).
         [--filter REGEX] [--budget S] [--jobs N] [--out DIR]
 
 ``--combos causal:pso,shap:cmaes`` runs exactly those combinations instead of the grid.
+Jobs run pair by pair (every combination on one pair before the next pair), so a partial
+run compares all combinations on the same pairs. ``--resume`` keeps the rows already in
+``OUT/ablation.csv`` and runs only the missing (combination, pair) jobs: a long grid can be
+run in several stretches (on the same commit; the report names it).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import re
 import statistics
+import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +44,43 @@ def combinations(args: argparse.Namespace) -> list[tuple[str, str]]:
         return [tuple(c.split(":", 1)) for c in args.combos.split(",")]  # type: ignore[misc]
     return [(loc, pat) for loc in args.localizers.split(",")
             for pat in args.patchers.split(",")]
+
+
+def job_order(combos: list[tuple[str, str]], pairs: list[tuple[int, int, int]],
+              done: set[tuple[str, str, str, str]]) -> list[tuple[str, str, int, int, int]]:
+    """Pair-major (localize, patch, a, b, property) jobs, leaving out those in ``done``
+    (keys ``(localize, patch, "Na,b", "phiP")``)."""
+    return [(loc, pat, a, b, p) for a, b, p in pairs for loc, pat in combos
+            if (loc, pat, f"N{a},{b}", f"phi{p}") not in done]
+
+
+def row_key(row: dict) -> tuple[str, str, str, str]:
+    return row["localize"], row["patch"], row["network"], row["property"]
+
+
+def _optional(parse):
+    return lambda text: None if text in ("", "None") else parse(text)
+
+
+COLUMN_TYPES = {"proven_by_check": lambda t: t == "True", "seconds": float,
+                "changed_parameters": _optional(int), "l2_change": _optional(float),
+                "linf_change": _optional(float), "agreement": _optional(float),
+                "max_output_change": _optional(float)}
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of an earlier ablation CSV, typed as ``_run`` returns them."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: COLUMN_TYPES.get(k, str)(v) for k, v in row.items()}
+                for row in csv.DictReader(handle)]
+
+
+def _commit() -> str:
+    proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() or "unknown"
 
 
 def _median(values: list[float]) -> float | None:
@@ -61,9 +104,12 @@ def _fmt(value, pattern: str) -> str:
     return "" if value is None else format(value, pattern)
 
 
-def markdown(rows: list[dict], combos: list[tuple[str, str]], command: str) -> str:
+def markdown(rows: list[dict], combos: list[tuple[str, str]], command: str,
+             commit: str = "") -> str:
+    pairs = sorted({(r["network"], r["property"]) for r in rows})
     lines = ["# Ablation: localizer x patcher on the unsafe ACAS Xu pairs", "",
-             f"- command: `{command}`",
+             f"- command: `{command}`" + (f" at commit {commit}" if commit else ""),
+             f"- pairs with at least one row: {len(pairs)}",
              "- proven = every property (target and preserved) proven on the re-loaded "
              "saved file (by repair itself; with re-check also by `verirepair check` in a "
              "fresh process); medians of agreement / change over proven pairs, of time "
@@ -87,8 +133,16 @@ def _run(job: tuple) -> dict:
     bench, out, a, b, prop, budget, loc, pat, recheck = job
     folder = out / f"{loc}_{pat}"
     folder.mkdir(parents=True, exist_ok=True)
-    row = run_pair(bench, folder, a, b, prop, budget, {"localize": loc, "patch": pat},
-                   recheck)
+    try:
+        row = run_pair(bench, folder, a, b, prop, budget, {"localize": loc, "patch": pat},
+                       recheck)
+    except Exception as exc:  # one failed job is a row, not the end of a long grid run
+        logging.getLogger(__name__).exception("%s:%s N%d,%d phi%d", loc, pat, a, b, prop)
+        row = {"network": f"N{a},{b}", "property": f"phi{prop}", "preserved": "",
+               "status": f"error: {type(exc).__name__}", "proven_by_check": False,
+               "proven_by": "", "seconds": 0.0, "changed_parameters": None,
+               "l2_change": None, "linf_change": None, "agreement": None,
+               "max_output_change": None, "recheck": ""}
     return {"localize": loc, "patch": pat, **row}
 
 
@@ -105,6 +159,8 @@ def main() -> int:
     parser.add_argument("--no-recheck", action="store_true",
                         help="count repair()'s own proof of the re-loaded file (skip the "
                              "second proof by `verirepair check` in a fresh process)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep OUT/ablation.csv's rows and run only the missing jobs")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/ablation"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -116,19 +172,23 @@ def main() -> int:
     combos = combinations(args)
     pairs = [(a, b, p) for a, b, p in unsafe_pairs()
              if not args.filter or re.search(args.filter, f"N{a},{b} phi{p}")]
+    rows: list[dict] = read_rows(out / "ablation.csv") if args.resume else []
+    todo = job_order(combos, pairs, {row_key(r) for r in rows})
     jobs = [(bench, out, a, b, p, args.budget, loc, pat, not args.no_recheck)
-            for loc, pat in combos for a, b, p in pairs]
-    rows: list[dict] = []
+            for loc, pat, a, b, p in todo]
     command = " ".join(["benchmarks/ablation.py", *sys.argv[1:]])
+    commit = _commit()
     with ProcessPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        for row in pool.map(_run, jobs):
+        futures = [pool.submit(_run, job) for job in jobs]
+        for count, future in enumerate(as_completed(futures), 1):
+            row = future.result()
             rows.append(row)
-            print(f"[{len(rows)}/{len(jobs)}] {row['localize']}:{row['patch']} "
+            print(f"[{count}/{len(jobs)}] {row['localize']}:{row['patch']} "
                   f"{row['network']} {row['property']}: {row['status']} {row['seconds']} s",
                   file=sys.stderr, flush=True)
             write_csv(out / "ablation.csv", rows)
-            (out / "ablation.md").write_text(markdown(rows, combos, command))
-    print(markdown(rows, combos, command))
+            (out / "ablation.md").write_text(markdown(rows, combos, command, commit))
+    print(markdown(rows, combos, command, commit))
     return 0
 
 

@@ -115,10 +115,13 @@ def run_pair(bench: Path, out: Path, a: int, b: int, prop: int, budget: float,
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as handle:
+    """Write ``rows`` to ``path`` atomically (a killed run leaves the previous file)."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(partial, path)
 
 
 def summary(rows: list[dict], command: str) -> str:

@@ -37,7 +37,8 @@ def test_the_36_unsafe_pairs_and_their_preserved_properties() -> None:
 
 
 def _row(loc: str, pat: str, proven: bool, seconds: float, agreement: float | None) -> dict:
-    return {"localize": loc, "patch": pat, "proven_by_check": proven, "seconds": seconds,
+    return {"localize": loc, "patch": pat, "network": "N2,1", "property": "phi2",
+            "proven_by_check": proven, "seconds": seconds,
             "agreement": agreement, "changed_parameters": 10, "l2_change": 0.5}
 
 
@@ -50,3 +51,25 @@ def test_ablation_summary_counts_and_medians() -> None:
     table = ablation.markdown(rows, [("none", "qp"), ("causal", "pso"), ("shap", "qp")], "x")
     assert "| none | qp | 2/3 |" in table and "| causal | pso | 0/1 |" in table
     assert "| shap |" not in table  # combinations without rows are left out
+
+
+def test_ablation_jobs_are_pair_major_and_skip_done_rows() -> None:
+    combos = [("none", "qp"), ("causal", "pso")]
+    pairs = [(2, 1, 2), (1, 9, 7)]
+    jobs = ablation.job_order(combos, pairs, {("causal", "pso", "N2,1", "phi2")})
+    assert jobs == [("none", "qp", 2, 1, 2), ("none", "qp", 1, 9, 7),
+                    ("causal", "pso", 1, 9, 7)]
+
+
+def test_ablation_rows_round_trip_through_the_csv(tmp_path: Path) -> None:
+    row = {"localize": "none", "patch": "qp", "network": "N2,1", "property": "phi2",
+           "preserved": "phi1 phi3", "status": "proven", "proven_by_check": True,
+           "proven_by": "repair", "seconds": 3.5, "changed_parameters": 12,
+           "l2_change": 0.25, "linf_change": 0.1, "agreement": 0.9985,
+           "max_output_change": 0.07, "recheck": ""}
+    failed = {**row, "network": "N2,2", "status": "budget", "proven_by_check": False,
+              "agreement": None, "changed_parameters": None}
+    acasxu_repair.write_csv(tmp_path / "ablation.csv", [row, failed])
+    assert ablation.read_rows(tmp_path / "ablation.csv") == [row, failed]
+    assert ablation.read_rows(tmp_path / "missing.csv") == []
+    assert not (tmp_path / "ablation.csv.partial").exists()
