@@ -65,7 +65,7 @@ def _optional(parse):
 COLUMN_TYPES = {"proven_by_check": lambda t: t == "True", "seconds": float,
                 "changed_parameters": _optional(int), "l2_change": _optional(float),
                 "linf_change": _optional(float), "agreement": _optional(float),
-                "max_output_change": _optional(float)}
+                "max_output_change": _optional(float), "recheck_s": _optional(float)}
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -83,7 +84,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         _check_writable(Path(args.result_file))
     progress = _progress_printer(args.quiet)
     options = VerifyOptions(timeout=args.timeout, engine=args.engine)
-    result = verify(network, spec, options, progress)
+    result = _verify(network, spec, options, progress, args)
     second = None
     if args.cross_check and result.verdict is Verdict.HOLDS:
         second = cross_check(network, spec, args.cross_check, args.timeout, progress)
@@ -97,6 +98,26 @@ def _cmd_check(args: argparse.Namespace) -> int:
               "(please report it with the model and property)", file=sys.stderr)
         return EXIT_INTERNAL
     return VERDICT_EXIT[result.verdict]
+
+
+def _verify(network, spec, options: VerifyOptions, progress, args: argparse.Namespace
+            ) -> Result:
+    """``verify``, starting from ``--certificate`` when given (verify/certificate.py:
+    checked from scratch; the chosen engine decides whatever it leaves open)."""
+    from verirepair.verify.certificate import (load_certificate, spec_key,
+                                               verify_with_certificate)
+
+    cert = load_certificate(args.certificate, spec_key(args.property)) if args.certificate \
+        else None
+    if args.certificate and cert is None:
+        log.warning("%s holds no certificate for %s; verifying without one",
+                    args.certificate, args.property)
+    if cert is None:
+        return verify(network, spec, options, progress)
+
+    def run(net, sub, seconds: float) -> Result:
+        return verify(net, sub, replace(options, timeout=seconds), progress)
+    return verify_with_certificate(network, spec, cert, options.timeout, run)
 
 
 def _write_result_file(path: str, result: Result, agreed: Agreement | None) -> None:
@@ -175,8 +196,9 @@ def _cmd_repair(args: argparse.Namespace) -> int:
         raise InputFileError("--domain-lower and --domain-upper must be given together")
     out = Path(args.output)
     _check_writable(out)
-    if args.report:
-        _check_writable(Path(args.report))
+    for extra in (args.report, args.certificate):
+        if extra:
+            _check_writable(Path(extra))
     if out.exists() and out.resolve() == Path(args.model).resolve():
         raise InputFileError(f"{out}: refusing to overwrite the input model")
     _check_domain(args)
@@ -189,7 +211,8 @@ def _cmd_repair(args: argparse.Namespace) -> int:
                             cross_check=args.cross_check, patch=args.patch,
                             boundary_samples=args.fidelity_samples,
                             boundary_pool=25 * args.fidelity_samples)
-    report = repair(args.model, args.property, args.preserve or [], out, args.budget, options)
+    report = repair(args.model, args.property, args.preserve or [], out, args.budget, options,
+                    args.certificate)
     if args.report:
         write_atomic(args.report, json_text(report.to_dict()) + "\n")
     print(repair_summary(report))
@@ -226,6 +249,9 @@ def _add_repair_parser(sub) -> None:
                      help="VNN-LIB properties that must still hold")
     rep.add_argument("--budget", type=_seconds, default=600.0, help="seconds (default 600)")
     rep.add_argument("--report", help="write the JSON report here")
+    rep.add_argument("--certificate", metavar="FILE",
+                     help="also write the proof certificate of every property here "
+                          "(for `check --certificate`)")
     rep.add_argument("--domain-lower", type=float, nargs="+", metavar="X",
                      help="input domain lower bounds (one number per input)")
     rep.add_argument("--domain-upper", type=float, nargs="+", metavar="X",
@@ -403,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="confirm a 'holds' with this second engine (its own --timeout);"
                             " if it says 'violated' the run fails with exit code "
                             f"{EXIT_INTERNAL}")
+    check.add_argument("--certificate", metavar="FILE",
+                       help="start from the proof certificate `repair --certificate` wrote "
+                            "(checked from scratch, never trusted)")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.add_argument("--result-file", help="write the VNN-COMP result file here")
     check.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -61,6 +61,8 @@ def human_text(result: Result) -> str:
         lines.append("  (re-checked in onnxruntime on the original model)")
     if result.reason:
         lines.append(f"  reason: {result.reason}")
+    if result.engine.startswith("certificate"):
+        lines.append(f"  proof: {result.engine}")
     lines.append(f"  time: {result.stats.seconds:.3f} s, boxes: {result.stats.boxes}")
     return "\n".join(lines)
 

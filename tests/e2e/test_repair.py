@@ -98,8 +98,9 @@ def planted_problem(tmp_path: Path, steps: int) -> tuple[Path, Path, np.ndarray,
 def test_demo_repair_is_proven(tmp_path: Path) -> None:
     before = sha256(MODEL)
     out, report = tmp_path / "repaired.onnx", tmp_path / "report.json"
+    cert = tmp_path / "proof.npz"
     proc = run_cli("repair", MODEL, FAR_IS_COC, "--preserve", NEAR_TURN, "-o", out,
-                   "--report", report, "--budget", "600", "--quiet")
+                   "--report", report, "--budget", "600", "--quiet", "--certificate", cert)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "proven" in proc.stdout
     assert sha256(MODEL) == before
@@ -109,9 +110,28 @@ def test_demo_repair_is_proven(tmp_path: Path) -> None:
     assert all(p["after"] == "holds" for p in data["properties"])
     y = ort_run(out, np.random.default_rng(0).uniform(-1, 1, (16, 5)))
     assert y.shape == (16, 5) and np.all(np.isfinite(y))
+    assert all(p["engine"].startswith("certificate") for p in data["properties"])
     for prop in (FAR_IS_COC, NEAR_TURN):
         check = run_cli("check", out, prop, "--timeout", "120", "--quiet")
         assert check.returncode == 0 and check.stdout.startswith("holds"), check.stdout
+        check = run_cli("check", out, prop, "--timeout", "120", "--quiet", "--certificate",
+                        cert)
+        assert check.returncode == 0 and check.stdout.startswith("holds"), check.stdout
+        assert "proof: certificate" in check.stdout
+    # The same certificate on the ORIGINAL model: the violation is still found.
+    check = run_cli("check", MODEL, FAR_IS_COC, "--quiet", "--certificate", cert)
+    assert check.returncode == 10 and check.stdout.startswith("violated"), check.stdout
+    # A property the certificate does not cover: a warning, then a plain proof.
+    other = tmp_path / "other.vnnlib"
+    other.write_text(NEAR_TURN.read_text() + "\n; a different file\n")
+    check = run_cli("check", out, other, "--quiet", "--certificate", cert)
+    assert check.returncode == 0 and "holds no certificate" in check.stderr
+    # Not a certificate: one line, exit 2.
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not a certificate")
+    check = run_cli("check", out, NEAR_TURN, "--quiet", "--certificate", bad)
+    assert check.returncode == 2 and check.stderr.count("\n") == 1, check.stderr
+    assert "not a verirepair certificate" in check.stderr
 
 
 # --------------------------------------------------------------------------- (b) planted

@@ -29,8 +29,10 @@ from verirepair.repair.rows import (box_rows, counterexample_mask, decision_rows
 from verirepair.repair.save import last_layer_initializers, patched_layers, save_temp
 from verirepair.spec import load_spec
 from verirepair.spec_types import Spec
+from verirepair.verify.certificate import (CachedBounds, Certificate, save_certificates,
+                                           spec_key, verify_with_certificate)
 from verirepair.verify.engine import VerifyOptions, check_compatible, cross_check, verify
-from verirepair.verify.types import Verdict
+from verirepair.verify.types import Result, Verdict
 
 
 log = logging.getLogger("verirepair.repair")
@@ -172,18 +174,28 @@ def _samples(network: Network, specs: list[Spec], domain, options: RepairOptions
 RESERVE_PER_SPEC = 2.0  # seconds kept back for each spec still to verify
 
 
-def _verify_all(network: Network, specs: list[Spec], seconds: float
-                ) -> list[tuple[Verdict, float]]:
-    """Verify every spec within ``seconds`` in all. Most take about a second, so each one
-    may use what is left, minus a small reserve for each spec after it."""
+def _bab(network: Network, spec: Spec, timeout: float) -> Result:
+    return verify(network, spec, VerifyOptions(timeout=timeout))
+
+
+def _verify_all(network: Network, specs: list[Spec], seconds: float,
+                certs: list[Certificate] | None = None) -> list[tuple[Verdict, float, str]]:
+    """Verify every spec within ``seconds`` in all: (verdict, seconds, engine) each. Most
+    take about a second, so each one may use what is left, minus a small reserve for
+    each spec after it. With ``certs`` (one per spec) each proof starts from its
+    certificate (verify/certificate.py: checked from scratch; bab decides what it
+    leaves open)."""
     out = []
     end = time.monotonic() + seconds
     for index, spec in enumerate(specs):
         t0 = time.monotonic()
         later = len(specs) - 1 - index
         timeout = max(end - t0 - RESERVE_PER_SPEC * later, 1.0)
-        result = verify(network, spec, VerifyOptions(timeout=timeout))
-        out.append((result.verdict, time.monotonic() - t0))
+        if certs is None:
+            result = _bab(network, spec, timeout)
+        else:
+            result = verify_with_certificate(network, spec, certs[index], timeout, _bab)
+        out.append((result.verdict, time.monotonic() - t0, result.engine))
     return out
 
 
@@ -372,12 +384,15 @@ def _change_stats(report: RepairReport, original: AffineReluNet,
 
 def repair(network_path: str | Path, target_spec_paths: list[str | Path],
            preserve_spec_paths: list[str | Path], out_path: str | Path, budget_s: float,
-           options: RepairOptions = RepairOptions()) -> RepairReport:
+           options: RepairOptions = RepairOptions(),
+           certificate_path: str | Path | None = None) -> RepairReport:
     """Repair the last layer so that every target and preserved property is proven.
 
     Requires: readable model and specs (bad input raises VerirepairError). Returns the
     report; ``out_path`` is written only when status == "proven" (sound: the saved file
-    is re-loaded and every property verified by the complete verifier).
+    is re-loaded and every property verified: each from the repair's own certificate,
+    checked from scratch, with branch and bound for whatever it leaves open). With
+    ``certificate_path`` the certificates are saved there too (``check --certificate``).
     """
     start = time.monotonic()
     network = load_network(network_path)
@@ -393,19 +408,20 @@ def repair(network_path: str | Path, target_spec_paths: list[str | Path],
     paths = [str(p) for p in list(target_spec_paths) + list(preserve_spec_paths)]
     before = _verify_all(network, specs, min(_deadline_left(start, budget_s) / 4, 60.0))
     report.properties = [PropertyReport(p, r, v.value, seconds_before=round(t, 3))
-                         for p, r, (v, t) in zip(paths, roles, before)]
-    log.info("before: %s", ", ".join(f"{p}: {v.value}" for p, (v, _) in zip(paths, before)))
-    if all(v is Verdict.HOLDS for v, _ in before):
+                         for p, r, (v, t, _) in zip(paths, roles, before)]
+    log.info("before: %s", ", ".join(f"{p}: {v.value}" for p, (v, _, _) in zip(paths, before)))
+    if all(v is Verdict.HOLDS for v, _, _ in before):
         report.status = "nothing to repair: every property already holds"
         report.seconds = time.monotonic() - start
         return report
-    _run(network, specs, out_path, budget_s, options, report, start)
+    _run(network, specs, out_path, budget_s, options, report, start, certificate_path)
     report.seconds = time.monotonic() - start
     return report
 
 
 def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
-         options: RepairOptions, report: RepairReport, start: float) -> None:
+         options: RepairOptions, report: RepairReport, start: float,
+         certificate_path: str | Path | None = None) -> None:
     domain = _domain(specs, options)
     stage = network
     hidden: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -437,12 +453,26 @@ def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
     tmp = save_temp(patched_layers(network, {**hidden,
                                              len(network.net.layers) - 1: (w32, b32)}),
                     out_path)
+    certs = [_certificate(prob.network.net, p) for p in prob.parts]
     try:
         _prove_and_publish(network, specs, tmp, out_path, domain, options, report, start,
-                           budget_s)
+                           budget_s, certs)
+        if certificate_path is not None and report.status == "proven":
+            save_certificates(certificate_path, {spec_key(p.path): c for p, c in
+                                                 zip(report.properties, certs)})
     finally:
         if tmp.exists():
             os.unlink(tmp)
+
+
+def _certificate(stage: AffineReluNet, part: Partition) -> Certificate:
+    """The partition as a proof certificate: its boxes, the last layer it was built on
+    as the reference, and its bounds (reused only if the saved file's hidden layers are
+    exactly ``stage``'s)."""
+    last = stage.layers[-1]
+    cached = CachedBounds(part.hl, part.hu, part.row_lb,
+                          tuple((l.weight, l.bias) for l in stage.layers[:-1]))
+    return Certificate(part.lower, part.upper, part.case, last.weight, last.bias, cached)
 
 
 def _escalate(network: Network, specs: list[Spec], domain, options: RepairOptions,
@@ -483,11 +513,11 @@ def _escalate(network: Network, specs: list[Spec], domain, options: RepairOption
 
 def _prove_and_publish(network: Network, specs: list[Spec], tmp: Path, out_path,
                        domain, options: RepairOptions, report: RepairReport, start: float,
-                       budget_s: float) -> None:
+                       budget_s: float, certs: list[Certificate]) -> None:
     repaired = load_network(tmp)
-    results = _verify_all(repaired, specs, max(_deadline_left(start, budget_s), 5.0))
-    for prop, (verdict, seconds) in zip(report.properties, results):
-        prop.after, prop.seconds = verdict.value, round(seconds, 3)
+    results = _verify_all(repaired, specs, max(_deadline_left(start, budget_s), 5.0), certs)
+    for prop, (verdict, seconds, engine) in zip(report.properties, results):
+        prop.after, prop.seconds, prop.engine = verdict.value, round(seconds, 3), engine
     report.agreement, report.max_output_change = _fidelity(network.net, repaired.net,
                                                            domain, options)
     failed = [p.path for p in report.properties if p.after != Verdict.HOLDS.value]
