@@ -12,7 +12,7 @@ the saved file; ``--plain-recheck``: plain branch and bound, no certificate). Wr
         [--jobs N] [--set OPTION=VALUE ...]
 
 ``--set`` overrides a field of ``RepairOptions`` (e.g. ``--set localize=causal``); each
-worker process uses one torch thread.
+worker process uses cores / jobs torch threads.
 """
 
 from __future__ import annotations
@@ -89,13 +89,13 @@ def parse_overrides(items: list[str]) -> dict:
 
 def run_pair(bench: Path, out: Path, a: int, b: int, prop: int, budget: float,
              overrides: dict | None = None, recheck: bool = True,
-             use_certificate: bool = True) -> dict:
+             use_certificate: bool = True, threads: int = 1) -> dict:
     """Repair one pair; with ``recheck`` the saved file is proven again by the CLI in a
     fresh process (otherwise the proof is the one repair() ran on the re-loaded file),
     from repair's certificate when ``use_certificate``."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     model = bench / f"ACASXU_run2a_{a}_{b}_batch_2000.onnx"
     target = bench / f"prop_{prop}.vnnlib"
     preserve = [bench / f"prop_{p}.vnnlib" for p in applicable(a, b) if p != prop]
@@ -182,8 +182,9 @@ def main() -> int:
              if not args.filter or re.search(args.filter, f"N{a},{b} phi{p}")]
     rows = []
     with ProcessPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
         futures = [pool.submit(run_pair, bench, out, a, b, p, args.budget, overrides, True,
-                               not args.plain_recheck) for a, b, p in pairs]
+                               not args.plain_recheck, threads) for a, b, p in pairs]
         for future in futures:
             row = future.result()
             rows.append(row)

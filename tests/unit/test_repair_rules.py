@@ -66,3 +66,72 @@ def test_outputs_get_the_usual_file_mode(tmp_path) -> None:
         assert default_file_mode() == 0o600
     finally:
         os.umask(old)
+
+
+def _stage_order(monkeypatch, conflicts: list[int], short_after_penalty: int,
+                 hard_ok: bool = False) -> tuple[list, object]:
+    """Run _qp_patch with a fake solver; returns the penalties it was called with."""
+    from verirepair.repair import loop
+    from verirepair.repair.qp import Penalties, QPOutcome
+
+    calls = []
+
+    def fake(*args, penalties, **kwargs):
+        calls.append(penalties)
+        hard = penalties == Penalties()
+        ok = hard_ok or not hard
+        short = np.zeros(10, dtype=bool)
+        if penalties == Penalties(box=1e3):
+            short[:short_after_penalty] = True
+        return QPOutcome(np.zeros((2, 3)) if ok else None, np.zeros(2) if ok else None, 1,
+                         [], 0, 0, short)
+
+    monkeypatch.setattr(loop, "solve_incremental", fake)
+    last = Affine(np.zeros((2, 3)), np.zeros(2))
+    prob = SimpleNamespace(network=SimpleNamespace(net=AffineReluNet((last, last))),
+                           samples=None, free=None, scale=1.0, conflicts=list(conflicts))
+    out = loop._qp_patch(prob, None, np.zeros(10), loop.RepairOptions(), 10.0, 1)
+    return calls, (out, prob.conflicts)
+
+
+def test_hard_qp_is_skipped_while_conflicting_boxes_are_split(monkeypatch) -> None:
+    from verirepair.repair.qp import Penalties
+
+    calls, (out, conflicts) = _stage_order(monkeypatch, [], 5)
+    assert calls == [Penalties(), Penalties(box=1e3)] and conflicts == [5]
+    calls, (out, conflicts) = _stage_order(monkeypatch, [9], 4)  # after a conflict round
+    assert calls == [Penalties(box=1e3)] and conflicts == [9, 4]
+    # No shortfall: the penalised solution is the hard optimum and is returned as such.
+    calls, (out, conflicts) = _stage_order(monkeypatch, [9], 0)
+    assert calls == [Penalties(box=1e3)] and conflicts == [9] and not out.short.any()
+    # Stalled splitting: the hard QP is tried again before decisions are penalised.
+    calls, _ = _stage_order(monkeypatch, [5, 9, 9], 3)
+    assert calls[0] == Penalties() and Penalties(box=1e3) not in calls
+
+
+def test_split_depth_two_makes_four_boxes_covering_the_leaf() -> None:
+    from verirepair.repair.loop import _split_leaves
+    from verirepair.repair.partition import partition
+    from verirepair.repair.rows import box_rows
+    from verirepair.spec_types import Box, Halfspaces, Spec, SpecCase
+    from verirepair.verify.certificate import covers
+
+    rng = np.random.default_rng(4)
+    net = AffineReluNet((Affine(rng.standard_normal((6, 2)), rng.standard_normal(6)),
+                         Affine(rng.standard_normal((2, 6)), rng.standard_normal(2))))
+    case = SpecCase(Box(np.full(2, -1.0), np.full(2, 1.0)),
+                    (Halfspaces(np.array([[1.0, -1.0]]), np.array([0.0])),))
+    spec = Spec(2, 2, (case,))
+    part = partition(net, spec, max_boxes=4, min_width=0.5)
+    prob = SimpleNamespace(parts=[part], specs=[spec], network=SimpleNamespace(net=net))
+    rows = box_rows([(spec, part)])
+    which = np.zeros(rows.size, dtype=bool)
+    which[0] = True
+    leaf = rows.leaf[0]
+    assert _split_leaves(prob, rows, which, depth=2) == 1
+    new = prob.parts[0]
+    assert new.size == part.size + 3
+    children = slice(new.size - 4, new.size)
+    assert covers(part.lower[leaf], part.upper[leaf], new.lower[children],
+                  new.upper[children])[0]
+    assert covers(case.box.lower, case.box.upper, new.lower, new.upper)[0]
