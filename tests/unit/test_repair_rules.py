@@ -135,3 +135,17 @@ def test_split_depth_two_makes_four_boxes_covering_the_leaf() -> None:
     assert covers(part.lower[leaf], part.upper[leaf], new.lower[children],
                   new.upper[children])[0]
     assert covers(case.box.lower, case.box.upper, new.lower, new.upper)[0]
+
+
+def test_summary_names_the_proof_engine_and_skips_unchecked_properties() -> None:
+    from verirepair.repair.loop import PropertyReport, RepairReport
+    from verirepair.repair.summary import repair_summary
+
+    report = RepairReport(model="m.onnx", output=None, status="failed: budget")
+    report.properties = [
+        PropertyReport("t.vnnlib", "target", "violated", "holds", 0.5, 0.1, "certificate"),
+        PropertyReport("p.vnnlib", "preserve", "holds")]
+    text = repair_summary(report)
+    assert "t.vnnlib: violated (0.10 s) -> holds (0.50 s, certificate)" in text
+    assert "p.vnnlib: holds (0.00 s)\n" in text and "not checked" not in text
+    assert "no output file written" in text

@@ -11,9 +11,10 @@ def repair_summary(report: RepairReport) -> str:
     for prop in report.properties:
         second = (f"; {prop.cross_check} ({prop.cross_check_seconds:.2f} s)"
                   if prop.cross_check else "")
+        after = (f" -> {prop.after} ({prop.seconds:.2f} s, {prop.engine})"
+                 if prop.after != "not checked" else "")
         lines.append(f"  {prop.role:8s} {prop.path}: {prop.before} "
-                     f"({prop.seconds_before:.2f} s) -> {prop.after} ({prop.seconds:.2f} s)"
-                     f"{second}")
+                     f"({prop.seconds_before:.2f} s){after}{second}")
     if report.changed_parameters:
         lines.append(f"  changed parameters: {report.changed_parameters}, "
                      f"L2 {report.l2_change:.4g}, Linf {report.linf_change:.4g}")
