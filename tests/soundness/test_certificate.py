@@ -21,7 +21,6 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-import torch
 
 from nets import (corners, export_and_load, random_box, random_net, random_spec,
                   sample_box, spec_of)
@@ -45,13 +44,7 @@ SEEDS = range(100)
 VARIANTS = {"reference": 0.0, "small": 1e-3, "medium": 3e-2, "large": 0.3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: intra-op threads only add overhead on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -16,7 +16,6 @@ from itertools import combinations
 
 import numpy as np
 import pytest
-import torch
 
 from nets import describe, export_and_load, random_net, random_spec, spec_of
 from test_oracle_agreement import check_counterexample
@@ -39,13 +38,7 @@ DECIDED = (Verdict.HOLDS, Verdict.VIOLATED)
 TALLY: Counter = Counter()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: intra-op threads only add overhead on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def compare_engines(seed: int, tmp_path) -> tuple[str, ...]:

@@ -13,7 +13,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
 from nets import describe, export_and_load, random_net, random_spec
 from verirepair.network import run_onnxruntime
@@ -30,14 +29,7 @@ TALLY: Counter = Counter()  # (bab verdict, z3 verdict) over all seeds run in th
 UNDECIDED: list[str] = []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tensors here are tiny: intra-op threads only add overhead, and on a loaded
-    2-core machine they make each PGD step ~50x slower (spin-waiting workers)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def check_counterexample(network, spec, result: Result, where: str) -> None:
