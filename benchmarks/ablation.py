@@ -104,12 +104,70 @@ def _fmt(value, pattern: str) -> str:
     return "" if value is None else format(value, pattern)
 
 
+def pair_of(row: dict) -> tuple[str, str]:
+    return row["network"], row["property"]
+
+
+def complete_pairs(rows: list[dict], combos: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The pairs on which every combination has a row (a partial grid is compared on
+    these only)."""
+    have: dict[tuple[str, str], set] = {}
+    for r in rows:
+        have.setdefault(pair_of(r), set()).add((r["localize"], r["patch"]))
+    return {pair for pair, done in have.items() if done >= set(combos)}
+
+
+def paired(rows: list[dict], baseline: tuple[str, str], combo: tuple[str, str]) -> dict:
+    """``combo`` against ``baseline`` on the same pairs: proven by one and not the other,
+    and on the pairs both prove the median agreement difference (points), how often the
+    combination's agreement is higher / lower, and the median time ratio."""
+    def by_pair(c):
+        return {pair_of(r): r for r in rows if (r["localize"], r["patch"]) == c}
+    base, mine = by_pair(baseline), by_pair(combo)
+    common = sorted(set(base) & set(mine))
+    both = [p for p in common if base[p]["proven_by_check"] and mine[p]["proven_by_check"]
+            and base[p]["agreement"] is not None and mine[p]["agreement"] is not None]
+    diff = [100 * (mine[p]["agreement"] - base[p]["agreement"]) for p in both]
+    ratio = [mine[p]["seconds"] / base[p]["seconds"] for p in common if base[p]["seconds"] > 0]
+    return {"pairs": len(common), "both": len(both),
+            "only_mine": sum(mine[p]["proven_by_check"] and not base[p]["proven_by_check"]
+                             for p in common),
+            "only_base": sum(base[p]["proven_by_check"] and not mine[p]["proven_by_check"]
+                             for p in common),
+            "median_diff": _median(diff), "higher": sum(d > 1e-9 for d in diff),
+            "lower": sum(d < -1e-9 for d in diff), "median_ratio": _median(ratio)}
+
+
+def _paired_table(rows: list[dict], combos: list[tuple[str, str]],
+                  baseline: tuple[str, str]) -> list[str]:
+    lines = ["", f"## Paired with {baseline[0]}:{baseline[1]} on the same pairs", "",
+             "Agreement columns over the pairs both prove; time ratio over all common "
+             "pairs (< 1: faster than the baseline).", "",
+             "| localize | patch | pairs | proven only here | proven only by baseline "
+             "| median agreement diff (points) | higher / lower | median time ratio |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for combo in combos:
+        if combo == baseline:
+            continue
+        s = paired(rows, baseline, combo)
+        if not s["pairs"]:
+            continue
+        lines.append(f"| {combo[0]} | {combo[1]} | {s['pairs']} | {s['only_mine']} | "
+                     f"{s['only_base']} | {_fmt(s['median_diff'], '+.3f')} | "
+                     f"{s['higher']} / {s['lower']} | {_fmt(s['median_ratio'], '.2f')} |")
+    return lines
+
+
 def markdown(rows: list[dict], combos: list[tuple[str, str]], command: str,
-             commit: str = "") -> str:
-    pairs = sorted({(r["network"], r["property"]) for r in rows})
+             commit: str = "", baseline: tuple[str, str] = ("none", "qp")) -> str:
+    pairs = sorted({pair_of(r) for r in rows})
+    complete = complete_pairs(rows, combos)
+    if complete and len(complete) < len(pairs):  # a partial grid: compare like with like
+        rows = [r for r in rows if pair_of(r) in complete]
     lines = ["# Ablation: localizer x patcher on the unsafe ACAS Xu pairs", "",
              f"- command: `{command}`" + (f" at commit {commit}" if commit else ""),
-             f"- pairs with at least one row: {len(pairs)}",
+             f"- pairs with at least one row: {len(pairs)}; with every combination "
+             f"(the tables use only these): {len(complete)}",
              "- proven = every property (target and preserved) proven on the re-loaded "
              "saved file (by repair itself; with re-check also by `verirepair check` in a "
              "fresh process); medians of agreement / change over proven pairs, of time "
@@ -126,6 +184,8 @@ def markdown(rows: list[dict], combos: list[tuple[str, str]], command: str,
                      f"{_fmt(s['median_s'], '.1f')} | {_fmt(s['median_agreement'], '.3%')} | "
                      f"{_fmt(s['min_agreement'], '.3%')} | {_fmt(s['median_changed'], '.0f')} | "
                      f"{_fmt(s['median_l2'], '.4f')} |")
+    if baseline in combos:
+        lines += _paired_table(rows, combos, baseline)
     return "\n".join(lines) + "\n"
 
 
@@ -161,15 +221,25 @@ def main() -> int:
                              "second proof by `verirepair check` in a fresh process)")
     parser.add_argument("--resume", action="store_true",
                         help="keep OUT/ablation.csv's rows and run only the missing jobs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rewrite OUT/ablation.md from OUT/ablation.csv")
+    parser.add_argument("--commit", default="",
+                        help="with --report-only: the commit the rows were measured at")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/ablation"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    out = Path(args.out)
+    combos = combinations(args)
+    if args.report_only:
+        text = markdown(read_rows(out / "ablation.csv"), combos,
+                        " ".join(["benchmarks/ablation.py", *sys.argv[1:]]), args.commit)
+        (out / "ablation.md").write_text(text)
+        print(text)
+        return 0
     bench = Path(args.benchmarks) / "acasxu"
     if not bench.is_dir():
         raise SystemExit(f"benchmarks folder not found: {bench}")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    combos = combinations(args)
     pairs = [(a, b, p) for a, b, p in unsafe_pairs()
              if not args.filter or re.search(args.filter, f"N{a},{b} phi{p}")]
     rows: list[dict] = read_rows(out / "ablation.csv") if args.resume else []

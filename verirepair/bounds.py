@@ -360,7 +360,6 @@ def crown_hidden_bounds(layers: Layers, lower: Tensor, upper: Tensor,
     with at most ``per_box`` such neurons in a layer refine just theirs (gathered rows);
     the others refine the union of theirs.
     """
-    n = lower.shape[0]
     start = start or symbolic_bounds(layers, lower, upper)
     lows, ups = [start.lower[0]], [start.upper[0]]
     for k in range(1, len(layers) - 1):

@@ -14,7 +14,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from verirepair.repair.qp import BoxRows, SampleRows, build_qp, solve
+from verirepair.lastlayer import BoxRows
+from verirepair.repair.qp import SampleRows, build_qp, solve
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "demo_advisory.onnx"

@@ -29,8 +29,8 @@ from verirepair.net_types import Affine, AffineReluNet
 from verirepair.repair.partition import Partition, partition
 from verirepair.spec_types import Box, Halfspaces, Spec, SpecCase
 from verirepair.verify.certificate import (CachedBounds, Certificate, check_certificate,
-                                           covers, load_certificate, open_spec,
-                                           save_certificates, spec_key, validate,
+                                           covers, hidden_digest, load_certificate,
+                                           open_spec, save_certificates, spec_key, validate,
                                            verify_with_certificate)
 from verirepair.verify.confirm import satisfied_disjunct
 from verirepair.verify.engine import VerifyOptions, verify
@@ -761,6 +761,7 @@ def assert_same_cert(got: Certificate, want: Certificate) -> None:
         np.testing.assert_array_equal(a, b, err_msg=name)
         assert a.dtype == (np.int64 if name == "case" else np.float64), name
     assert got.cached is None
+    assert got.digest == want.digest
 
 
 def test_save_and_load_round_trip(tmp_path) -> None:
@@ -774,8 +775,8 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     copy = tmp_path / "elsewhere.vnnlib"
     copy.write_bytes(props[1].read_bytes())
     assert spec_key(copy) == keys[1]  # the key is the content, not the path
-    certs = {keys[0]: small_cert(rng, 5, cached=True), keys[1]: small_cert(rng, 0),
-             keys[2]: small_cert(rng, 7, n_in=3)}
+    certs = {keys[0]: replace(small_cert(rng, 5, cached=True), digest="ab" * 32),
+             keys[1]: small_cert(rng, 0), keys[2]: small_cert(rng, 7, n_in=3)}
     path = tmp_path / "certs.npz"
     save_certificates(path, certs)
     for key, cert in certs.items():
@@ -868,3 +869,55 @@ def test_validate_rejects_mismatches(change: str) -> None:
         validate(bad, net, spec)
     with pytest.raises(MismatchError):
         check_certificate(net, spec, bad)
+
+
+def test_files_without_a_digest_still_load(tmp_path) -> None:
+    """Certificates written before the digest existed load with digest "" (no warning)."""
+    cert = small_cert(np.random.default_rng(8), 4)
+    arrays = {"keys": np.asarray(["k"], dtype=str), "lower_0": cert.lower,
+              "upper_0": cert.upper, "case_0": cert.case, "ref_weight_0": cert.ref_weight,
+              "ref_bias_0": cert.ref_bias}
+    np.savez_compressed(tmp_path / "old.npz", **arrays)
+    assert_same_cert(load_certificate(tmp_path / "old.npz", "k"), cert)
+
+
+# --------------------------------------------------------------- 7. identity and time
+
+def test_hidden_digest_names_the_hidden_layers_only() -> None:
+    net, _, _ = violated_instance()
+    assert hidden_digest(net) == hidden_digest(AffineReluNet(tuple(net.layers)))
+    last = net.layers[-1]
+    assert hidden_digest(net) == hidden_digest(with_last(net, last.weight + 1.0, last.bias))
+    digests = {hidden_digest(hidden_changed(net, how))
+               for how in ("weight", "weight-ulp", "bias", "extra-layer")}
+    assert len(digests) == 4 and hidden_digest(net) not in digests
+
+
+def test_a_foreign_certificate_warns_and_is_still_checked(tmp_path, caplog) -> None:
+    inst = instance(first_seed(lambda s: check_certificate(
+        instance(s).net, instance(s).spec, certificate_of(instance(s).net, instance(s).part)
+    ).holds))
+    network = export_and_load(inst.net, tmp_path / "net.onnx")
+    mine = replace(certificate_of(inst.net, inst.part), digest=hidden_digest(inst.net))
+    with caplog.at_level("WARNING", logger="verirepair.verify.certificate"):
+        result = verify_with_certificate(network, inst.spec, mine, BAB_TIMEOUT, never_called)
+    assert result.verdict is Verdict.HOLDS and not caplog.records
+    foreign = replace(mine, digest="0" * 64)
+    with caplog.at_level("WARNING", logger="verirepair.verify.certificate"):
+        result = verify_with_certificate(network, inst.spec, foreign, BAB_TIMEOUT,
+                                         never_called)
+    assert "other hidden layers" in caplog.text
+    assert result.verdict is Verdict.HOLDS  # the boxes still prove it: a hint, not a key
+
+
+def test_the_certificate_check_stops_at_its_deadline(tmp_path) -> None:
+    inst = instance(first_seed(lambda s: check_certificate(
+        instance(s).net, instance(s).spec, certificate_of(instance(s).net, instance(s).part)
+    ).holds))
+    cert = certificate_of(inst.net, inst.part)
+    late = check_certificate(inst.net, inst.spec, cert, deadline=0.0)  # long past
+    assert late.timed_out and not late.holds and not late.safe.any()
+    assert check_certificate(inst.net, inst.spec, cert, deadline=None).holds
+    network = export_and_load(inst.net, tmp_path / "net.onnx")
+    result = verify_with_certificate(network, inst.spec, cert, -1.0, never_called)
+    assert result.verdict is Verdict.TIMEOUT and result.engine == "certificate"

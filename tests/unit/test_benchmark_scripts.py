@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
 
 import ablation  # noqa: E402
 import acasxu_repair  # noqa: E402
@@ -51,6 +53,50 @@ def test_ablation_summary_counts_and_medians() -> None:
     table = ablation.markdown(rows, [("none", "qp"), ("causal", "pso"), ("shap", "qp")], "x")
     assert "| none | qp | 2/3 |" in table and "| causal | pso | 0/1 |" in table
     assert "| shap |" not in table  # combinations without rows are left out
+
+
+def _pair_row(loc: str, pat: str, net: str, proven: bool, seconds: float,
+              agreement: float | None) -> dict:
+    return {**_row(loc, pat, proven, seconds, agreement), "network": net}
+
+
+def test_a_partial_grid_is_compared_on_the_pairs_every_combination_ran() -> None:
+    combos = [("none", "qp"), ("causal", "pso")]
+    rows = [_pair_row("none", "qp", "N2,1", True, 2.0, 0.999),
+            _pair_row("causal", "pso", "N2,1", False, 9.0, None),
+            _pair_row("none", "qp", "N2,2", True, 50.0, 0.5)]  # causal:pso not yet run
+    assert ablation.complete_pairs(rows, combos) == {("N2,1", "phi2")}
+    table = ablation.markdown(rows, combos, "x")
+    assert "with every combination (the tables use only these): 1" in table
+    assert "| none | qp | 1/1 | 2.0 | 99.900% |" in table
+
+
+def test_paired_comparison_with_the_baseline() -> None:
+    rows = [_pair_row("none", "qp", "N2,1", True, 10.0, 0.999),
+            _pair_row("none", "qp", "N2,2", True, 10.0, 0.998),
+            _pair_row("none", "qp", "N2,3", False, 100.0, None),
+            _pair_row("shap", "milp", "N2,1", True, 20.0, 0.997),
+            _pair_row("shap", "milp", "N2,2", True, 5.0, 0.999),
+            _pair_row("shap", "milp", "N2,3", True, 50.0, 0.99)]
+    s = ablation.paired(rows, ("none", "qp"), ("shap", "milp"))
+    assert (s["pairs"], s["both"], s["only_mine"], s["only_base"]) == (3, 2, 1, 0)
+    assert s["median_diff"] == pytest.approx((-0.2 + 0.1) / 2)
+    assert (s["higher"], s["lower"]) == (1, 1)
+    assert s["median_ratio"] == pytest.approx(0.5)  # ratios 2.0, 0.5, 0.5
+    table = ablation.markdown(rows, [("none", "qp"), ("shap", "milp")], "x")
+    assert "| shap | milp | 3 | 1 | 0 | -0.050 | 1 / 1 | 0.50 |" in table
+
+
+def test_report_only_rewrites_the_markdown_from_the_csv(tmp_path: Path) -> None:
+    rows = [{**_pair_row("none", "qp", "N2,1", True, 2.0, 0.999), "status": "proven"}]
+    acasxu_repair.write_csv(tmp_path / "ablation.csv", rows)
+    proc = subprocess.run([sys.executable, str(BENCH / "ablation.py"), "--report-only",
+                           "--combos", "none:qp", "--commit", "abc1234",
+                           "--benchmarks", str(tmp_path / "absent"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "ablation.md").read_text()
+    assert "at commit abc1234" in text and "| none | qp | 1/1 |" in text
 
 
 def test_ablation_jobs_are_pair_major_and_skip_done_rows() -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from verirepair.repair.qp import BoxRows, SampleRows, box_slack, sample_slack
+from verirepair.lastlayer import BoxRows, box_slack
+from verirepair.repair.qp import SampleRows, sample_slack
 from verirepair.repair.search import (PATCHERS, SearchOptions, _problem, batch_box_slack,
                                        batch_sample_slack)
 

@@ -22,15 +22,16 @@ from verirepair.net_types import AffineReluNet
 from verirepair.network import Network, load_network
 from verirepair.repair.focus import FreeSet, all_parameters, escalation, ranked_neurons
 from verirepair.repair.partition import Partition, partition, refine
-from verirepair.repair.qp import (BoxRows, Penalties, QPOutcome, SampleRows, all_free,
-                                  box_slack, solve_incremental, sound_box_margin)
+from verirepair.lastlayer import BoxRows, box_slack, sound_box_margin
+from verirepair.repair.qp import Penalties, QPOutcome, SampleRows, all_free, solve_incremental
 from verirepair.repair.rows import (box_rows, counterexample_mask, decision_rows,
                                     hidden_and_output, near_boundary, sample_boxes)
 from verirepair.repair.save import last_layer_initializers, patched_layers, save_temp
 from verirepair.spec import load_spec
 from verirepair.spec_types import Spec
-from verirepair.verify.certificate import (CachedBounds, Certificate, save_certificates,
-                                           spec_key, verify_with_certificate)
+from verirepair.verify.certificate import (CachedBounds, Certificate, hidden_digest,
+                                           save_certificates, spec_key,
+                                           verify_with_certificate)
 from verirepair.verify.engine import VerifyOptions, check_compatible, cross_check, verify
 from verirepair.verify.types import Result, Verdict
 
@@ -324,8 +325,6 @@ def _free_sets(network: Network, specs: list[Spec], options: RepairOptions,
                report: RepairReport, start: float, budget: float) -> list[FreeSet]:
     """The escalating parameter sets to try (just "all" without a localiser)."""
     last = network.net.layers[-1]
-    report.localize = options.localize
-    report.patch = options.patch
     if options.localize == "none":
         return [all_parameters(*last.weight.shape)]
     targets = [s for s, p in zip(specs, report.properties)
@@ -449,6 +448,7 @@ def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
          options: RepairOptions, report: RepairReport, start: float,
          certificate_path: str | Path | None = None) -> None:
     domain = _domain(specs, options)
+    report.localize, report.patch = options.localize, options.patch
     stage = network
     hidden: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if options.patch == "milp":
@@ -498,7 +498,8 @@ def _certificate(stage: AffineReluNet, part: Partition) -> Certificate:
     last = stage.layers[-1]
     cached = CachedBounds(part.hl, part.hu, part.row_lb,
                           tuple((l.weight, l.bias) for l in stage.layers[:-1]))
-    return Certificate(part.lower, part.upper, part.case, last.weight, last.bias, cached)
+    return Certificate(part.lower, part.upper, part.case, last.weight, last.bias, cached,
+                       digest=hidden_digest(stage))
 
 
 def _escalate(network: Network, specs: list[Spec], domain, options: RepairOptions,

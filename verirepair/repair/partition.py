@@ -5,7 +5,7 @@ boxes of a round at once) until each box is proven safe on the ORIGINAL network 
 (some row of every unsafe disjunct has a positive lower bound), or a count/width limit is
 reached. For each leaf we keep the CROWN lower bound of every unsafe row and the post-ReLU
 bounds [hl, hu] of the last hidden layer: those depend only on the layers before the last
-one, so they stay valid when only the last layer changes (see repair/qp.py for how the
+one, so they stay valid when only the last layer changes (see lastlayer.py for how the
 two combine into a bound for the patched network).
 """
 
@@ -16,10 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from verirepair.bounds import crown_hidden_bounds, gradient_smear, spec_lower_bounds
+from verirepair.bounds import gradient_smear
+from verirepair.lastlayer import (CaseRows, box_bounds, box_bounds_of, case_rows, crown_rows,
+                                  proven_by)
 from verirepair.net_types import AffineReluNet
 from verirepair.network import torch_layers
-from verirepair.spec_types import Halfspaces, Spec
+from verirepair.spec_types import Spec
 
 Tensor = torch.Tensor
 
@@ -41,34 +43,6 @@ class Partition:
     @property
     def size(self) -> int:
         return int(self.lower.shape[0])
-
-
-@dataclass(frozen=True)
-class CaseRows:
-    """Every unsafe row of one case stacked: c (R, n_out), d (R,), disjunct index (R,)."""
-
-    c: np.ndarray
-    d: np.ndarray
-    disjunct: np.ndarray
-
-    @property
-    def count(self) -> int:
-        return int(self.d.shape[0])
-
-
-def case_rows(unsafe: tuple[Halfspaces, ...]) -> CaseRows:
-    return CaseRows(c=np.concatenate([h.matrix for h in unsafe]),
-                    d=np.concatenate([h.rhs for h in unsafe]),
-                    disjunct=np.concatenate([np.full(h.rhs.shape[0], k)
-                                             for k, h in enumerate(unsafe)]))
-
-
-def proven_by(row_lb: np.ndarray, rows: CaseRows) -> np.ndarray:
-    """(N,) bool: every disjunct has a row with a positive lower bound."""
-    safe = np.ones(row_lb.shape[0], dtype=bool)
-    for k in np.unique(rows.disjunct):
-        safe &= (row_lb[:, :rows.count][:, rows.disjunct == k] > 0).any(axis=1)
-    return safe
 
 
 @dataclass(frozen=True)
@@ -106,18 +80,14 @@ def _split_dims(layers: list, hidden, lower: Tensor, upper: Tensor, row_lb: Tens
 def leaf_bounds(layers: list[tuple[Tensor, Tensor]], lower: Tensor, upper: Tensor,
                 rows: CaseRows) -> LeafBounds:
     """Last-hidden post-ReLU bounds, CROWN row lower bounds and split dimensions. Sound."""
-    width = layers[-1][0].shape[1]
     if lower.shape[0] == 0:
-        return LeafBounds(np.zeros((0, width)), np.zeros((0, width)),
-                          np.zeros((0, rows.count)), torch.zeros(0, dtype=torch.long))
+        empty = box_bounds(layers, lower, upper, rows)
+        return LeafBounds(empty.hl, empty.hu, empty.row_lb, torch.zeros(0, dtype=torch.long))
+    hidden, spec = crown_rows(layers, lower, upper, rows)
     with torch.no_grad():
-        hidden = crown_hidden_bounds(layers, lower, upper)
-        spec = spec_lower_bounds(layers, hidden, lower, upper, torch.as_tensor(rows.c),
-                                 torch.as_tensor(rows.d))
         dims = _split_dims(layers, hidden, lower, upper, spec.lower, spec.coef, rows)
-    hl = hidden.lower[-1].clamp_min(0).numpy()
-    hu = hidden.upper[-1].clamp_min(0).numpy()
-    return LeafBounds(hl, np.maximum(hu, hl), spec.lower.numpy(), dims)
+    b = box_bounds_of(hidden, spec)
+    return LeafBounds(b.hl, b.hu, b.row_lb, dims)
 
 
 def bisect(lower: Tensor, upper: Tensor, dims: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,7 +7,8 @@ s (penalised box shortfall, optional), r (penalised decision slack, optional)].
 Box row m: a leaf box with last-hidden post-ReLU bounds [hl, hu] (mid, rad) and, for the
 chosen unsafe row c.y <= d, a sound lower bound ``base`` of c.y(x) - d over the box for
 the ORIGINAL network (CROWN). Only the last layer changes; two sound lower bounds of
-c.y'(x) - d on the box are linear in (dW, db) once |.| gets auxiliary variables:
+c.y'(x) - d on the box (computed in ``verirepair/lastlayer.py``) are linear in (dW, db)
+once |.| gets auxiliary variables:
   "change" bound:   base + (c dW).mid - |c dW|.rad + c.db      (min of a sum >= sum of
                     mins; the interval looseness touches only the CHANGE: best for
                     small patches)
@@ -34,23 +35,9 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
+from verirepair.lastlayer import BoxRows, best_kind, box_slack
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BoxRows:
-    """One constraint per (leaf box, disjunct): the chosen unsafe row c.y <= d."""
-
-    mid: np.ndarray  # (M, H) centre of the last-hidden bounds
-    rad: np.ndarray  # (M, H) radius of the last-hidden bounds (>= 0)
-    c: np.ndarray  # (M, n_out)
-    base: np.ndarray  # (M,) sound lower bound of c.y - d on the box, original network
-    d: np.ndarray  # (M,) right-hand side of the unsafe row
-    leaf: np.ndarray  # (M,) index of the leaf box (for splitting)
-
-    @property
-    def size(self) -> int:
-        return int(self.base.shape[0])
 
 
 @dataclass(frozen=True)
@@ -98,47 +85,6 @@ class QPProblem:
 def all_free(weight: np.ndarray) -> np.ndarray:
     """(n_out, H+1) mask: every weight and bias of the last layer may change."""
     return np.ones((weight.shape[0], weight.shape[1] + 1), dtype=bool)
-
-
-def change_bound(dw: np.ndarray, db: np.ndarray, rows: BoxRows) -> np.ndarray:
-    """The "change" lower bound of c.y' - d per box row (M,), float64."""
-    a = rows.c @ dw
-    return (rows.base + np.einsum("mh,mh->m", rows.mid, a)
-            - np.einsum("mh,mh->m", rows.rad, np.abs(a)) + rows.c @ db)
-
-
-def interval_bound(weight: np.ndarray, bias: np.ndarray, dw: np.ndarray, db: np.ndarray,
-                   rows: BoxRows) -> np.ndarray:
-    """The "interval" lower bound of c.y' - d per box row (M,), float64."""
-    a = rows.c @ (weight + dw)
-    return (np.einsum("mh,mh->m", rows.mid, a) - np.einsum("mh,mh->m", rows.rad, np.abs(a))
-            + rows.c @ (bias + db) - rows.d)
-
-
-def box_slack(weight: np.ndarray, bias: np.ndarray, dw: np.ndarray, db: np.ndarray,
-              rows: BoxRows) -> np.ndarray:
-    """Best certified lower bound of c.y' - d per box row: max of both kinds. (M,)"""
-    return np.maximum(change_bound(dw, db, rows), interval_bound(weight, bias, dw, db, rows))
-
-
-def sound_box_margin(weight: np.ndarray, bias: np.ndarray, dw: np.ndarray, db: np.ndarray,
-                     rows: BoxRows) -> np.ndarray:
-    """box_slack with each bound widened down by a bound on its float64 rounding error
-    (both are computed from float64 data exactly as written above). Sound: yes."""
-    size = np.abs(rows.mid) + rows.rad
-    ac = np.abs(rows.c)
-    err_change = 1e-12 * (np.einsum("mh,mh->m", size, ac @ np.abs(dw)) + ac @ np.abs(db)
-                          + np.abs(rows.base))
-    err_interval = 1e-12 * (np.einsum("mh,mh->m", size, ac @ (np.abs(weight) + np.abs(dw)))
-                            + ac @ (np.abs(bias) + np.abs(db)) + np.abs(rows.d))
-    return np.maximum(change_bound(dw, db, rows) - err_change,
-                      interval_bound(weight, bias, dw, db, rows) - err_interval) - 1e-300
-
-
-def best_kind(weight: np.ndarray, bias: np.ndarray, dw: np.ndarray, db: np.ndarray,
-              rows: BoxRows) -> np.ndarray:
-    """(M,) True where the interval bound beats the change bound at (dw, db)."""
-    return interval_bound(weight, bias, dw, db, rows) > change_bound(dw, db, rows)
 
 
 def sample_slack(weight: np.ndarray, bias: np.ndarray, rows: SampleRows,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from verirepair.net_types import AffineReluNet
-from verirepair.repair.partition import Partition, case_rows
-from verirepair.repair.qp import BoxRows, SampleRows
+from verirepair.lastlayer import BoxRows, case_rows
+from verirepair.repair.partition import Partition
+from verirepair.repair.qp import SampleRows
 from verirepair.spec_types import Spec
 
 

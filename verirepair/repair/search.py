@@ -37,7 +37,9 @@ import time
 
 import numpy as np
 
-from .qp import BoxRows, QPOutcome, SampleRows, box_slack, sample_slack
+from verirepair.lastlayer import BoxRows, box_slack
+
+from .qp import QPOutcome, SampleRows, sample_slack
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ trusted: checking it re-derives everything from the network being checked.
    the network's output y = y0 + (W - W0) h + (b - b0):
        c.y - d >= base + min over h in [hl, hu] of c(W - W0)h + c(b - b0)   ("change")
        c.y - d >= min over h in [hl, hu] of cWh + cb - d                     ("interval")
-   with float64 rounding bounded as in ``repair/qp.sound_box_margin``. A box is safe
+   with float64 rounding bounded as in ``lastlayer.sound_box_margin``. A box is safe
    when every disjunct of its case has a row with a positive bound.
 
 Every box safe and every case covered: no input of the spec reaches its unsafe set, so
@@ -20,7 +20,7 @@ the spec HOLDS. :func:`verify_with_certificate` hands only the boxes that are no
 to branch and bound (a sub-spec with those boxes as its cases) and runs plain branch and
 bound on the whole spec when coverage fails. Sound: yes, whatever the certificate says.
 Why: a repair that only changes the last layer has bounds of exactly this form on its
-own partition (see repair/qp.py), while CROWN on the repaired network, which relaxes
+own partition (see lastlayer.py), while CROWN on the repaired network, which relaxes
 the changed last layer together with the rest, often cannot reproduce them.
 """
 
@@ -39,8 +39,8 @@ import torch
 from verirepair.errors import InputFileError, MismatchError
 from verirepair.net_types import AffineReluNet
 from verirepair.network import Network, torch_layers
-from verirepair.repair.partition import CaseRows, case_rows, leaf_bounds, proven_by
-from verirepair.repair.qp import BoxRows, sound_box_margin
+from verirepair.lastlayer import (BoxRows, CaseRows, box_bounds, case_rows, proven_by,
+                                  sound_box_margin)
 from verirepair.report import write_atomic
 from verirepair.spec_types import Box, Spec, SpecCase
 from verirepair.verify.types import Result, Stats, Verdict
@@ -66,10 +66,25 @@ class Certificate:
     # the hidden layers ``hidden``. Used only where the checked network's hidden layers
     # are exactly these; otherwise the bounds are computed again.
     cached: CachedBounds | None = None
+    # hidden_digest of the network the certificate was made for ("" = not recorded). A
+    # mismatch only earns a warning: the checks below never rely on it.
+    digest: str = ""
 
     @property
     def size(self) -> int:
         return int(self.case.shape[0])
+
+
+def hidden_digest(net: AffineReluNet) -> str:
+    """SHA-256 of the shapes and float64 values of every layer but the last: identifies
+    the network a certificate was made for (its last layer is the one a repair changes)."""
+    h = hashlib.sha256()
+    for layer in net.layers[:-1]:
+        for a in (layer.weight, layer.bias):
+            a = np.ascontiguousarray(a, dtype=np.float64)
+            h.update(repr(a.shape).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,7 @@ class CertificateCheck:
     covered: bool
     safe: np.ndarray  # (N,) bool: the box's bound proves its case's rows
     reason: str = ""
+    timed_out: bool = False  # the deadline passed before every box was checked
 
     @property
     def holds(self) -> bool:
@@ -182,13 +198,24 @@ def _reference_layers(net: AffineReluNet, cert: Certificate) -> list:
                            torch.as_tensor(cert.ref_bias, dtype=torch.float64))]
 
 
-def _bounds(layers: list, rows: CaseRows, lower: np.ndarray, upper: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(hl, hu, row_lb) of every box by CROWN, in chunks. Sound."""
+class _OutOfTime(Exception):
+    """The check's deadline passed."""
+
+
+def _on_time(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise _OutOfTime
+
+
+def _bounds(layers: list, rows: CaseRows, lower: np.ndarray, upper: np.ndarray,
+            deadline: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hl, hu, row_lb) of every box by CROWN, in chunks. Sound. Raises _OutOfTime when
+    ``deadline`` (time.monotonic()) passes between chunks."""
     hl, hu, lb = [], [], []
     for start in range(0, lower.shape[0], BOUND_CHUNK):
+        _on_time(deadline)
         sl = slice(start, start + BOUND_CHUNK)
-        b = leaf_bounds(layers, torch.as_tensor(lower[sl], dtype=torch.float64),
+        b = box_bounds(layers, torch.as_tensor(lower[sl], dtype=torch.float64),
                         torch.as_tensor(upper[sl], dtype=torch.float64), rows)
         hl.append(b.hl)
         hu.append(b.hu)
@@ -197,7 +224,7 @@ def _bounds(layers: list, rows: CaseRows, lower: np.ndarray, upper: np.ndarray
 
 
 def safe_boxes(net: AffineReluNet, case: SpecCase, cert: Certificate,
-               select: np.ndarray) -> np.ndarray:
+               select: np.ndarray, deadline: float | None = None) -> np.ndarray:
     """(N,) bool for the boxes ``cert[select]`` (all of ``case``): every disjunct has a
     row with a positive certified bound (module docstring, step 2). Sound: yes."""
     rows = case_rows(case.unsafe)
@@ -206,7 +233,7 @@ def safe_boxes(net: AffineReluNet, case: SpecCase, cert: Certificate,
         row_lb = cert.cached.row_lb[select][:, :rows.count]
     else:
         hl, hu, row_lb = _bounds(_reference_layers(net, cert), rows, cert.lower[select],
-                                 cert.upper[select])
+                                 cert.upper[select], deadline)
     last = net.layers[-1]
     n, r = row_lb.shape
     mid, rad = (hl + hu) / 2, (hu - hl) / 2
@@ -219,23 +246,31 @@ def safe_boxes(net: AffineReluNet, case: SpecCase, cert: Certificate,
 
 
 def check_certificate(net: AffineReluNet, spec: Spec, cert: Certificate,
-                      node_limit: int = COVER_NODE_LIMIT) -> CertificateCheck:
+                      node_limit: int = COVER_NODE_LIMIT,
+                      deadline: float | None = None) -> CertificateCheck:
     """Coverage of every case and the certified bound of every box (module docstring).
 
     Raises MismatchError when the certificate does not fit. Sound: ``holds`` only when
     the spec holds on ``net``. The coverage check of a case visits at most 8 regions per
-    box (a bisection tiling needs about 2) before it gives up (not covered).
+    box (a bisection tiling needs about 2) before it gives up (not covered). Past
+    ``deadline`` (time.monotonic()) the check stops with ``timed_out`` (not covered).
     """
     validate(cert, net, spec)
     safe = np.zeros(cert.size, dtype=bool)
-    for index, case in enumerate(spec.cases):
-        mine = cert.case == index
-        ok, why = covers(case.box.lower, case.box.upper, cert.lower[mine],
-                         cert.upper[mine], min(node_limit, 8 * int(mine.sum()) + 1000))
-        if not ok:
-            return CertificateCheck(False, safe, f"case {index}: {why}")
-        if mine.any():
-            safe[mine] = safe_boxes(net, case, cert, mine)
+    try:
+        for index, case in enumerate(spec.cases):
+            _on_time(deadline)
+            mine = cert.case == index
+            ok, why = covers(case.box.lower, case.box.upper, cert.lower[mine],
+                             cert.upper[mine], min(node_limit, 8 * int(mine.sum()) + 1000))
+            if not ok:
+                return CertificateCheck(False, safe, f"case {index}: {why}")
+            if mine.any():
+                safe[mine] = safe_boxes(net, case, cert, mine, deadline)
+    except _OutOfTime:
+        return CertificateCheck(False, np.zeros(cert.size, dtype=bool),
+                                "the time ran out while checking the certificate",
+                                timed_out=True)
     return CertificateCheck(True, safe)
 
 
@@ -260,8 +295,14 @@ def verify_with_certificate(network: Network, spec: Spec, cert: Certificate, tim
     timeout) -> Result`` is the complete engine. Engine name: "certificate" or
     "certificate+bab"."""
     t0 = time.monotonic()
-    check = check_certificate(network.net, spec, cert)
+    if cert.digest and cert.digest != hidden_digest(network.net):
+        log.warning("the certificate was made for a network with other hidden layers; "
+                    "it is checked anyway, but expect it to prove little")
+    check = check_certificate(network.net, spec, cert, deadline=t0 + timeout)
     left = max(timeout - (time.monotonic() - t0), 1.0)
+    if check.timed_out:
+        return Result(Verdict.TIMEOUT, reason=check.reason, engine="certificate",
+                      stats=Stats(boxes=cert.size, seconds=time.monotonic() - t0))
     if not check.covered:
         log.warning("certificate not used: %s", check.reason)
         result = run_bab(network, spec, left)
@@ -297,7 +338,8 @@ def save_certificates(path: str | Path, certs: dict[str, Certificate]) -> None:
     for i, key in enumerate(sorted(certs)):
         c = certs[key]
         arrays |= {f"lower_{i}": c.lower, f"upper_{i}": c.upper, f"case_{i}": c.case,
-                   f"ref_weight_{i}": c.ref_weight, f"ref_bias_{i}": c.ref_bias}
+                   f"ref_weight_{i}": c.ref_weight, f"ref_bias_{i}": c.ref_bias,
+                   f"digest_{i}": np.asarray(c.digest, dtype=str)}
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     write_atomic(path, buffer.getvalue())
@@ -316,7 +358,9 @@ def load_certificate(path: str | Path, key: str) -> Certificate | None:
                                upper=data[f"upper_{i}"].astype(np.float64),
                                case=data[f"case_{i}"].astype(np.int64),
                                ref_weight=data[f"ref_weight_{i}"].astype(np.float64),
-                               ref_bias=data[f"ref_bias_{i}"].astype(np.float64))
+                               ref_bias=data[f"ref_bias_{i}"].astype(np.float64),
+                               digest=str(data[f"digest_{i}"]) if f"digest_{i}" in data
+                               else "")
     except FileNotFoundError:
         raise InputFileError(f"{path}: certificate file not found") from None
     except Exception as exc:  # numpy/zipfile raise many kinds for a file that is not ours
