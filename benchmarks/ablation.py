@@ -13,7 +13,11 @@ agreement, change size).
 Jobs run pair by pair (every combination on one pair before the next pair), so a partial
 run compares all combinations on the same pairs. ``--resume`` keeps the rows already in
 ``OUT/ablation.csv`` and runs only the missing (combination, pair) jobs: a long grid can be
-run in several stretches (on the same commit; the report names it).
+run in several stretches (on the same commit; the report names it); ``--rerun FILE``
+drops the rows listed in FILE first (jobs that ran while something else loaded the
+machine). ``--report-only`` rewrites ``ablation.md`` from the CSV without running
+anything. The tables use only the pairs every combination has run, and compare each
+combination with ``none:qp`` pair by pair.
 """
 
 from __future__ import annotations
@@ -56,6 +60,14 @@ def job_order(combos: list[tuple[str, str]], pairs: list[tuple[int, int, int]],
 
 def row_key(row: dict) -> tuple[str, str, str, str]:
     return row["localize"], row["patch"], row["network"], row["property"]
+
+
+def drop_rows(rows: list[dict], path: Path) -> list[dict]:
+    """``rows`` without those whose key (localize, patch, network, property; one per line,
+    tab-separated) is listed in ``path``: rows measured while something else loaded the
+    machine, to be run again by ``--resume``."""
+    keys = {tuple(line.split("\t")) for line in path.read_text().splitlines() if line.strip()}
+    return [r for r in rows if row_key(r) not in keys]
 
 
 def _optional(parse):
@@ -221,6 +233,10 @@ def main() -> int:
                              "second proof by `verirepair check` in a fresh process)")
     parser.add_argument("--resume", action="store_true",
                         help="keep OUT/ablation.csv's rows and run only the missing jobs")
+    parser.add_argument("--rerun", metavar="FILE",
+                        help="with --resume: drop the rows listed in FILE (localize, patch, "
+                             "network, property; tab-separated, one per line) so they run "
+                             "again")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite OUT/ablation.md from OUT/ablation.csv")
     parser.add_argument("--commit", default="",
@@ -243,6 +259,8 @@ def main() -> int:
     pairs = [(a, b, p) for a, b, p in unsafe_pairs()
              if not args.filter or re.search(args.filter, f"N{a},{b} phi{p}")]
     rows: list[dict] = read_rows(out / "ablation.csv") if args.resume else []
+    if args.rerun:
+        rows = drop_rows(rows, Path(args.rerun))
     todo = job_order(combos, pairs, {row_key(r) for r in rows})
     jobs = [(bench, out, a, b, p, args.budget, loc, pat, not args.no_recheck)
             for loc, pat, a, b, p in todo]

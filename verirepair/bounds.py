@@ -12,8 +12,13 @@ Three methods, one call shape ``method(layers, lower, upper, ...)``:
 
 Soundness under floating point: all arithmetic is float64 on float32-exact weights and
 every concrete bound is widened outward by ``REL_MARGIN`` times the magnitude of the terms
-that produced it (plus ``ABS_MARGIN``). This is many orders of magnitude above the float64
-rounding error of these sums, so rounding cannot turn an unprovable bound into a proof.
+that produced it (plus ``ABS_MARGIN``). That magnitude includes the rounding of the
+linear functions themselves: a computed coefficient vector (e.g. c @ W, or a product of
+symbolic coefficients with W) may have cancelled to almost nothing while the exact
+products were huge, so every such product also adds |coefficients| @ |W| times a bound
+on |input of W| (the ``zmag`` terms below). REL_MARGIN is many orders of magnitude above
+the float64 rounding error of these sums (n * 2^-53 for n-term sums, n up to 10^5), so
+rounding cannot turn an unprovable bound into a proof.
 Reference: Zhang et al., "Efficient Neural Network Robustness Certification with General
 Activation Functions" (CROWN), NeurIPS 2018; Singh et al., DeepPoly, POPL 2019.
 """
@@ -102,24 +107,31 @@ def _augment(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return mid, rad, mid.abs() + rad
 
 
-def _range(coef: Tensor, mid: Tensor, rad: Tensor, size: Tensor
+def _size_weighted(coef: Tensor, size: Tensor) -> Tensor:
+    """(N, m): sum_i size_i |coef_i| -- the magnitude of evaluating ``coef`` on the box."""
+    return (size.unsqueeze(-1) * coef.abs()).sum(1)
+
+
+def _range(coef: Tensor, mid: Tensor, rad: Tensor, size: Tensor, err: Tensor
            ) -> tuple[Tensor, Tensor]:
-    """Outward-widened [min, max] of the linear functions ``coef`` (N, n+1, m) on the box."""
+    """Outward-widened [min, max] of the linear functions ``coef`` (N, n+1, m) on the box;
+    ``err`` (N, m) is the magnitude of the rounding already in ``coef`` (see module)."""
     absc = coef.abs()
     centre = (mid.unsqueeze(-1) * coef).sum(1)  # batched vector-matrix products:
     spread = (rad.unsqueeze(-1) * absc).sum(1)  # elementwise + sum beats bmm on CPU here
-    mag = (size.unsqueeze(-1) * absc).sum(1)
+    mag = (size.unsqueeze(-1) * absc).sum(1) + err
     return _outward(centre - spread, mag, -1.0), _outward(centre + spread, mag, 1.0)
 
 
 def _relu_forward(lo_f: Tensor, up_f: Tensor, l: Tensor, u: Tensor, mid: Tensor,
-                  rad: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
+                  rad: Tensor, size: Tensor, err: Tensor) -> tuple[Tensor, Tensor]:
     """Relax relu(z) for L(x) <= z <= U(x), l <= z <= u; returns new (L, U) functions.
 
-    Functions are (N, n+1, m) with the constant in the last input row.
+    Functions are (N, n+1, m) with the constant in the last input row; ``err`` as in
+    :func:`_range`.
     """
     # Upper: relu(z) <= relu(U(x)) <= chord of relu over [min U, max U] applied to U(x).
-    lu, uu = _range(up_f, mid, rad, size)
+    lu, uu = _range(up_f, mid, rad, size, err)
     dead = u <= 0
     straddle = (lu < 0) & (uu > 0) & ~dead
     s_up = torch.where(dead, torch.zeros_like(u),
@@ -128,7 +140,7 @@ def _relu_forward(lo_f: Tensor, up_f: Tensor, l: Tensor, u: Tensor, mid: Tensor,
     new_up = up_f * s_up.unsqueeze(1)
     new_up[:, -1, :] -= torch.where(straddle, s_up * lu, torch.zeros_like(u))
     # Lower: relu(z) >= alpha * L(x) for any alpha in [0, 1]; 1 if mostly active else 0.
-    ul = torch.minimum(_range(lo_f, mid, rad, size)[1], u)
+    ul = torch.minimum(_range(lo_f, mid, rad, size, err)[1], u)
     alpha = torch.where(l >= 0, torch.ones_like(l),
                         torch.where(ul <= 0, torch.zeros_like(l), (ul > -l).to(l.dtype)))
     return lo_f * alpha.unsqueeze(1), new_up
@@ -160,6 +172,7 @@ def symbolic_bounds(layers: Layers, lower: Tensor, upper: Tensor,
     w0, b0 = layers[0]
     first = torch.cat([w0.T, b0.unsqueeze(0)], dim=0).unsqueeze(0).expand(n, -1, -1)
     lo_f, up_f = first, first
+    err = torch.zeros((n, w0.shape[0]), dtype=lower.dtype)  # the first layer is exact
     ibp_lo, ibp_hi = lower, upper
     lows: list[Tensor] = []
     ups: list[Tensor] = []
@@ -167,9 +180,13 @@ def symbolic_bounds(layers: Layers, lower: Tensor, upper: Tensor,
         w, b = layers[i]
         ibp_lo, ibp_hi = _affine_interval(w, b, ibp_lo, ibp_hi)
         if i > 0:
+            # rounding of the new coefficients (and of the ReLU slopes before them):
+            # bounded by |W| times the magnitudes of the functions it multiplies
+            err = ((err + _size_weighted(lo_f, size) + _size_weighted(up_f, size))
+                   @ w.abs().T + b.abs())
             lo_f, up_f = _affine_forward(lo_f, up_f, w, b)
-        l = torch.maximum(_range(lo_f, mid, rad, size)[0], ibp_lo)
-        u = torch.minimum(_range(up_f, mid, rad, size)[1], ibp_hi)
+        l = torch.maximum(_range(lo_f, mid, rad, size, err)[0], ibp_lo)
+        u = torch.minimum(_range(up_f, mid, rad, size, err)[1], ibp_hi)
         if prior is not None:
             l = torch.maximum(l, prior.lower[i])
             u = torch.minimum(u, prior.upper[i])
@@ -177,7 +194,7 @@ def symbolic_bounds(layers: Layers, lower: Tensor, upper: Tensor,
         lows.append(l)
         ups.append(u)
         ibp_lo, ibp_hi = l.clamp_min(0), u.clamp_min(0)
-        lo_f, up_f = _relu_forward(lo_f, up_f, l, u, mid, rad, size)
+        lo_f, up_f = _relu_forward(lo_f, up_f, l, u, mid, rad, size, err)
     return HiddenBounds(tuple(lows), tuple(ups))
 
 
@@ -194,7 +211,10 @@ def spec_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Tensor, upper
     w_last, b_last = layers[-1]
     lam = (c @ w_last).unsqueeze(0).expand(n, -1, -1)  # (N, R, width)
     const = (c @ b_last - d).unsqueeze(0).expand(n, -1)
-    mag = (c.abs() @ b_last.abs() + d.abs()).unsqueeze(0).expand(n, -1)
+    # |c| (|W| |h| + |b|) + |d|: covers the rounding of c @ W (and c @ b) on any h of
+    # the last hidden layer (module docstring)
+    zmag = _input_size(hidden, len(layers) - 2, lower, upper) @ w_last.abs().T + b_last.abs()
+    mag = zmag @ c.abs().T + d.abs()
     lb, coef, _ = _backward_lower(layers, hidden, len(layers) - 1, lam, const, mag, lower,
                                   upper, alphas)
     return SpecBounds(lower=lb, coef=coef)
@@ -292,6 +312,14 @@ def gradient_smear(layers: Layers, hidden: HiddenBounds, out_weight: Tensor,
     return torch.maximum(g_lo.abs(), g_hi.abs()) * (upper - lower)
 
 
+def _input_size(hidden: HiddenBounds, k: int, lower: Tensor, upper: Tensor) -> Tensor:
+    """(N, width): a bound on |h_k|, the post-ReLU values of hidden layer ``k`` (the
+    input box for k = -1)."""
+    if k < 0:
+        return torch.maximum(lower.abs(), upper.abs())
+    return hidden.upper[k].clamp_min(0)
+
+
 def _backward_lower(layers: Layers, hidden: HiddenBounds, depth: int, lam: Tensor,
                     const: Tensor, mag: Tensor, lower: Tensor, upper: Tensor,
                     alphas: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -318,7 +346,10 @@ def _backward_lower(layers: Layers, hidden: HiddenBounds, depth: int, lam: Tenso
         lam = lam * torch.where(lam >= 0, alpha, s_up.unsqueeze(1))
         w, b = layers[k]
         const = const + lam @ b
-        mag = mag + lam.abs() @ b.abs()
+        # |lam| (|W| |h_{k-1}| + |b|) >= |lam| |z_k|: covers the rounding of lam @ W, of
+        # lam @ b and of the slopes just applied to lam (module docstring)
+        zmag = _input_size(hidden, k - 1, lower, upper) @ w.abs().T + b.abs()
+        mag = mag + (lam.abs() * zmag.unsqueeze(1)).sum(-1)
         lam = lam @ w
     mid = (upper + lower) / 2
     rad = (upper - lower) / 2

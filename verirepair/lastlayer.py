@@ -33,28 +33,39 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class CaseRows:
-    """Every unsafe row of one case stacked: c (R, n_out), d (R,), disjunct index (R,)."""
+    """Every unsafe row of one case stacked: c (R, n_out), d (R,), disjunct index (R,),
+    and the number of disjuncts (a disjunct may have no row: every output is unsafe)."""
 
     c: np.ndarray
     d: np.ndarray
     disjunct: np.ndarray
+    n_disjuncts: int
 
     @property
     def count(self) -> int:
         return int(self.d.shape[0])
 
+    @property
+    def has_empty_disjunct(self) -> bool:
+        """Some disjunct has no output row: it holds for every output."""
+        return bool(np.any(np.bincount(self.disjunct, minlength=self.n_disjuncts) == 0))
+
 
 def case_rows(unsafe: tuple[Halfspaces, ...]) -> CaseRows:
-    return CaseRows(c=np.concatenate([h.matrix for h in unsafe]),
-                    d=np.concatenate([h.rhs for h in unsafe]),
-                    disjunct=np.concatenate([np.full(h.rhs.shape[0], k)
-                                             for k, h in enumerate(unsafe)]))
+    n_out = unsafe[0].matrix.shape[1] if unsafe else 0
+    return CaseRows(c=np.concatenate([h.matrix for h in unsafe] + [np.zeros((0, n_out))]),
+                    d=np.concatenate([h.rhs for h in unsafe] + [np.zeros(0)]),
+                    disjunct=np.concatenate([np.full(h.rhs.shape[0], k, dtype=np.int64)
+                                             for k, h in enumerate(unsafe)]
+                                            + [np.zeros(0, dtype=np.int64)]),
+                    n_disjuncts=len(unsafe))
 
 
 def proven_by(row_lb: np.ndarray, rows: CaseRows) -> np.ndarray:
-    """(N,) bool: every disjunct has a row with a positive lower bound."""
+    """(N,) bool: every disjunct has a row with a positive lower bound (a disjunct
+    without rows never has one; no disjunct at all: nothing is unsafe)."""
     safe = np.ones(row_lb.shape[0], dtype=bool)
-    for k in np.unique(rows.disjunct):
+    for k in range(rows.n_disjuncts):
         safe &= (row_lb[:, :rows.count][:, rows.disjunct == k] > 0).any(axis=1)
     return safe
 

@@ -268,3 +268,40 @@ def test_zero_width_box_bounds_are_tight() -> None:
     y = net.forward(x[None])[0]
     assert np.all(out_lo[0].numpy() <= y) and np.all(y <= out_hi[0].numpy())
     assert np.all(out_hi[0].numpy() - out_lo[0].numpy() <= 1e-8 * (1 + np.abs(y)))
+
+
+# ------------------------------------------------ rounding of the coefficients themselves
+
+BIG = 2.0 ** 66  # BIG + 1 rounds to BIG in float64: products with it cancel to nothing
+
+
+def cancelling_layers(out_rows: np.ndarray) -> list:
+    """x in R -> h = (x, x, x) -> out_rows @ h, where out_rows has rows like
+    (BIG, 1, -BIG): exactly the middle entry times x in real arithmetic, while float64
+    evaluates (BIG x + x) - BIG x to 0 for x in [1, 2]."""
+    return [(torch.ones((3, 1), dtype=torch.float64), torch.zeros(3, dtype=torch.float64)),
+            (torch.as_tensor(out_rows, dtype=torch.float64),
+             torch.zeros(out_rows.shape[0], dtype=torch.float64))]
+
+
+def test_bounds_allow_for_cancellation_in_the_backward_coefficients() -> None:
+    """c @ W rounds to 0 here; the exact c.y on x in [1, 2] ranges over [-2, -1]."""
+    layers = cancelling_layers(np.array([[BIG, 1.0, -BIG], [0.0, 0.0, 1.0]]))
+    lo = torch.tensor([[1.0]], dtype=torch.float64)
+    hi = torch.tensor([[2.0]], dtype=torch.float64)
+    hidden = bounds.crown_hidden_bounds(layers, lo, hi)
+    c = torch.tensor([[-1.0, 0.0]], dtype=torch.float64)  # -(BIG x + x - BIG x) = -x
+    lb = spec_lower_bounds(layers, hidden, lo, hi, c, torch.zeros(1, dtype=torch.float64))
+    assert float(lb.lower[0, 0]) <= -2.0  # the exact minimum of -x on [1, 2]
+
+
+def test_symbolic_bounds_allow_for_cancellation_in_the_forward_coefficients() -> None:
+    """A hidden layer z = (BIG, 1, -BIG) . (x, x, x) = x exactly: its bounds must contain
+    [1, 2] although the propagated symbolic coefficient rounds to 0."""
+    layers = cancelling_layers(np.array([[BIG, 1.0, -BIG]]))
+    layers.append((torch.ones((1, 1), dtype=torch.float64),
+                   torch.zeros(1, dtype=torch.float64)))
+    lo = torch.tensor([[1.0]], dtype=torch.float64)
+    hi = torch.tensor([[2.0]], dtype=torch.float64)
+    for hb in (symbolic_bounds(layers, lo, hi), bounds.crown_hidden_bounds(layers, lo, hi)):
+        assert float(hb.lower[1][0, 0]) <= 1.0 and float(hb.upper[1][0, 0]) >= 2.0

@@ -843,7 +843,7 @@ def test_missing_file_raises_input_file_error(tmp_path) -> None:
 @pytest.mark.parametrize("change", [
     "ref-weight-shape", "ref-bias-shape", "box-dimension", "upper-rows", "case-negative",
     "case-too-large", "nan-lower", "inf-upper", "nan-ref-weight", "inf-ref-bias",
-    "no-hidden-layer"])
+    "no-hidden-layer", "case-2d", "case-0d"])
 def test_validate_rejects_mismatches(change: str) -> None:
     net, spec, cert = two_case_setup()
     validate(cert, net, spec)  # the unchanged certificate fits
@@ -861,6 +861,8 @@ def test_validate_rejects_mismatches(change: str) -> None:
         "nan-ref-weight": lambda: replace(cert, ref_weight=np.array([[1.0, np.nan]])),
         "inf-ref-bias": lambda: replace(cert, ref_bias=np.array([-np.inf])),
         "no-hidden-layer": lambda: cert,
+        "case-2d": lambda: replace(cert, case=cert.case[:, None]),
+        "case-0d": lambda: replace(cert, case=np.array(0)),
     }[change]()
     if change == "no-hidden-layer":
         net = AffineReluNet((Affine(np.ones((1, 1)), np.zeros(1)),))
@@ -921,3 +923,46 @@ def test_the_certificate_check_stops_at_its_deadline(tmp_path) -> None:
     network = export_and_load(inst.net, tmp_path / "net.onnx")
     result = verify_with_certificate(network, inst.spec, cert, -1.0, never_called)
     assert result.verdict is Verdict.TIMEOUT and result.engine == "certificate"
+
+
+# ------------------------------------------- 8. regressions from the soundness review
+
+def test_a_disjunct_without_output_rows_is_never_proven(tmp_path) -> None:
+    """(or (<= Y_0 -100) (<= 0 1)): the second disjunct holds for every output, so every
+    input is a counterexample; the certificate must not call any box safe."""
+    from verirepair.spec import parse_vnnlib_text
+
+    spec = parse_vnnlib_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
+                             "(assert (>= X_0 0.0))\n(assert (<= X_0 1.0))\n"
+                             "(assert (or (<= Y_0 -100.0) (<= 0 1)))\n")
+    assert any(h.rhs.shape[0] == 0 for h in spec.cases[0].unsafe)
+    net = identity_net()
+    cert = Certificate(np.array([[0.0]]), np.array([[1.0]]), np.array([0]),
+                       net.layers[-1].weight.copy(), net.layers[-1].bias.copy())
+    check = check_certificate(net, spec, cert)
+    assert check.covered and not check.holds
+    network = export_and_load(net, tmp_path / "net.onnx")
+    result = verify_with_certificate(network, spec, cert, BAB_TIMEOUT, real_bab)
+    assert result.verdict is Verdict.VIOLATED
+
+
+def test_a_case_without_disjuncts_has_nothing_unsafe() -> None:
+    net = identity_net()
+    box = Box(np.array([-1.0]), np.array([1.0]))
+    spec = spec_of(net, SpecCase(box, ()))
+    cert = Certificate(np.array([[-1.0]]), np.array([[1.0]]), np.array([0]),
+                       net.layers[-1].weight.copy(), net.layers[-1].bias.copy())
+    assert check_certificate(net, spec, cert).holds
+
+
+def test_cancelling_huge_last_layer_weights_are_not_a_proof() -> None:
+    """y = (2^66 h, h, -2^66 h), h = relu(x) on [1, 2]: y0 + y1 + y2 = h exactly, but
+    c @ W rounds to 0 in float64 and the bound used to 'prove' -(y0+y1+y2) > -1.5."""
+    big = 2.0 ** 66
+    net = AffineReluNet((Affine(np.array([[1.0]]), np.zeros(1)),
+                         Affine(np.array([[big], [1.0], [-big]]), np.zeros(3))))
+    unsafe = Halfspaces(np.array([[-1.0, -1.0, -1.0]]), np.array([-1.5]))
+    spec = spec_of(net, SpecCase(Box(np.array([1.0]), np.array([2.0])), (unsafe,)))
+    cert = Certificate(np.array([[1.0]]), np.array([[2.0]]), np.array([0]),
+                       net.layers[-1].weight.copy(), net.layers[-1].bias.copy())
+    assert not check_certificate(net, spec, cert).holds

@@ -87,6 +87,15 @@ def test_paired_comparison_with_the_baseline() -> None:
     assert "| shap | milp | 3 | 1 | 0 | -0.050 | 1 / 1 | 0.50 |" in table
 
 
+def test_rerun_drops_the_listed_rows(tmp_path: Path) -> None:
+    rows = [_pair_row("none", "qp", "N2,1", True, 2.0, 0.999),
+            _pair_row("none", "pso", "N2,1", False, 90.0, None),
+            _pair_row("none", "qp", "N2,2", True, 3.0, 0.998)]
+    listed = tmp_path / "keys.txt"
+    listed.write_text("none\tpso\tN2,1\tphi2\n\nnone\tqp\tN9,9\tphi2\n")
+    assert ablation.drop_rows(rows, listed) == [rows[0], rows[2]]
+
+
 def test_report_only_rewrites_the_markdown_from_the_csv(tmp_path: Path) -> None:
     rows = [{**_pair_row("none", "qp", "N2,1", True, 2.0, 0.999), "status": "proven"}]
     acasxu_repair.write_csv(tmp_path / "ablation.csv", rows)

@@ -22,7 +22,7 @@ from verirepair.net_types import AffineReluNet
 from verirepair.network import Network, load_network
 from verirepair.repair.focus import FreeSet, all_parameters, escalation, ranked_neurons
 from verirepair.repair.partition import Partition, partition, refine
-from verirepair.lastlayer import BoxRows, box_slack, sound_box_margin
+from verirepair.lastlayer import BoxRows, box_slack, case_rows, sound_box_margin
 from verirepair.repair.qp import Penalties, QPOutcome, SampleRows, all_free, solve_incremental
 from verirepair.repair.rows import (box_rows, counterexample_mask, decision_rows,
                                     hidden_and_output, near_boundary, sample_boxes)
@@ -151,6 +151,17 @@ def _domain(specs: list[Spec], options: RepairOptions) -> tuple[np.ndarray, np.n
     lows = [c.box.lower for s in specs for c in s.cases]
     ups = [c.box.upper for s in specs for c in s.cases]
     return np.min(lows, axis=0), np.max(ups, axis=0)
+
+
+def _check_repairable(specs: list[Spec], paths: list[str]) -> None:
+    """A case whose unsafe set has a disjunct without output constraints is unsafe for
+    every output: no change of the network can make that property hold."""
+    for spec, path in zip(specs, paths):
+        for index, case in enumerate(spec.cases):
+            if case_rows(case.unsafe).has_empty_disjunct:
+                raise MismatchError(f"{path}: case {index} has an unsafe disjunct without "
+                                    f"output constraints (every output is unsafe there); "
+                                    f"no repair can make it hold")
 
 
 def _check_domain(options: RepairOptions, n_inputs: int) -> None:
@@ -428,6 +439,8 @@ def repair(network_path: str | Path, target_spec_paths: list[str | Path],
         check_compatible(network, spec)
     last_layer_initializers(network)  # unsupported last layer: clear error up front
     _check_domain(options, network.n_inputs)
+    _check_repairable(specs, [str(p) for p in list(target_spec_paths)
+                              + list(preserve_spec_paths)])
     report = RepairReport(model=str(network_path), output=None)
     roles = ["target"] * len(targets) + ["preserve"] * len(preserves)
     paths = [str(p) for p in list(target_spec_paths) + list(preserve_spec_paths)]

@@ -121,6 +121,9 @@ def validate(cert: Certificate, net: AffineReluNet, spec: Spec) -> None:
     if cert.ref_weight.shape != last.weight.shape or cert.ref_bias.shape != last.bias.shape:
         raise MismatchError(f"certificate reference last layer {cert.ref_weight.shape} does "
                             f"not match the model's last layer {last.weight.shape}")
+    if cert.case.ndim != 1:
+        raise MismatchError(f"certificate case indices have shape {cert.case.shape}, "
+                            f"not one index per box")
     n = cert.size
     if cert.lower.shape != (n, spec.n_inputs) or cert.upper.shape != (n, spec.n_inputs):
         raise MismatchError(f"certificate boxes are not {spec.n_inputs}-dimensional")
@@ -228,6 +231,11 @@ def safe_boxes(net: AffineReluNet, case: SpecCase, cert: Certificate,
     """(N,) bool for the boxes ``cert[select]`` (all of ``case``): every disjunct has a
     row with a positive certified bound (module docstring, step 2). Sound: yes."""
     rows = case_rows(case.unsafe)
+    n_boxes = int(np.count_nonzero(select))
+    if rows.has_empty_disjunct:  # every output is unsafe: no box is safe
+        return np.zeros(n_boxes, dtype=bool)
+    if rows.n_disjuncts == 0:  # nothing is unsafe
+        return np.ones(n_boxes, dtype=bool)
     if cert.cached is not None and cert.cached.valid_for(net):
         hl, hu = cert.cached.hl[select], cert.cached.hu[select]
         row_lb = cert.cached.row_lb[select][:, :rows.count]
