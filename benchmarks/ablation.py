@@ -103,8 +103,9 @@ def combo_summary(rows: list[dict]) -> dict:
     """One line of the Markdown table: proven pairs and medians over the proven ones."""
     proven = [r for r in rows if r["proven_by_check"]]
     agree = [r["agreement"] for r in proven if r["agreement"] is not None]
+    local = [r for r in proven if r.get("free_set", "").startswith("top")]
     return {
-        "proven": len(proven), "pairs": len(rows),
+        "proven": len(proven), "pairs": len(rows), "localized": len(local),
         "median_s": _median([r["seconds"] for r in rows]),
         "median_agreement": _median(agree), "min_agreement": min(agree) if agree else None,
         "median_changed": _median([r["changed_parameters"] for r in proven]),
@@ -184,15 +185,17 @@ def markdown(rows: list[dict], combos: list[tuple[str, str]], command: str,
              "saved file (by repair itself; with re-check also by `verirepair check` in a "
              "fresh process); medians of agreement / change over proven pairs, of time "
              "over all pairs", "",
-             "| localize | patch | proven | median s | median agreement | min agreement "
-             "| median changed | median L2 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "- localized = proven with only the outgoing weights of the localizer's top "
+             "neurons (not every last-layer parameter)", "",
+             "| localize | patch | proven | localized | median s | median agreement "
+             "| min agreement | median changed | median L2 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for loc, pat in combos:
         mine = [r for r in rows if r["localize"] == loc and r["patch"] == pat]
         if not mine:
             continue
         s = combo_summary(mine)
-        lines.append(f"| {loc} | {pat} | {s['proven']}/{s['pairs']} | "
+        lines.append(f"| {loc} | {pat} | {s['proven']}/{s['pairs']} | {s['localized']} | "
                      f"{_fmt(s['median_s'], '.1f')} | {_fmt(s['median_agreement'], '.3%')} | "
                      f"{_fmt(s['min_agreement'], '.3%')} | {_fmt(s['median_changed'], '.0f')} | "
                      f"{_fmt(s['median_l2'], '.4f')} |")

@@ -122,6 +122,7 @@ def run_pair(bench: Path, out: Path, a: int, b: int, prop: int, budget: float,
         "recheck": " ".join(v for v, _ in rechecks),
         "recheck_s": round(sum(t for _, t in rechecks), 2),
         "engines": " ".join(p.engine for p in report.properties),
+        "free_set": report.free_set,
     }
 
 

@@ -317,3 +317,15 @@ def test_inputs_are_never_modified(tmp_path: Path) -> None:
     assert (sha(model), sha(prop), model.stat().st_mtime_ns) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.vnnlib", "m.onnx",
                                                           "out.txt", "p.vnnlib"]
+
+
+def test_repair_of_a_property_unsafe_for_every_output(tmp_path: Path) -> None:
+    """A disjunct without output constraints makes every output unsafe: no repair can
+    help, and repair says so in one line instead of trying."""
+    prop = write_prop(tmp_path, decls() + box() + "(assert (or (<= Y_0 -1000.0) (<= 0 1)))\n")
+    out = tmp_path / "fixed.onnx"
+    cmd = [sys.executable, "-m", "verirepair.cli", "repair", str(MODEL), str(prop),
+           "-o", str(out), "--budget", "60", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    error_line(proc, prop, "every output is unsafe")
+    assert not out.exists()

@@ -68,7 +68,7 @@ def test_a_partial_grid_is_compared_on_the_pairs_every_combination_ran() -> None
     assert ablation.complete_pairs(rows, combos) == {("N2,1", "phi2")}
     table = ablation.markdown(rows, combos, "x")
     assert "with every combination (the tables use only these): 1" in table
-    assert "| none | qp | 1/1 | 2.0 | 99.900% |" in table
+    assert "| none | qp | 1/1 | 0 | 2.0 | 99.900% |" in table
 
 
 def test_paired_comparison_with_the_baseline() -> None:

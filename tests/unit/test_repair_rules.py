@@ -149,3 +149,58 @@ def test_summary_names_the_proof_engine_and_skips_unchecked_properties() -> None
     assert "t.vnnlib: violated (0.10 s) -> holds (0.50 s, certificate)" in text
     assert "p.vnnlib: holds (0.00 s)\n" in text and "not checked" not in text
     assert "no output file written" in text
+
+
+def _outcome(n_short: int, feasible: bool):
+    from verirepair.repair.qp import QPOutcome
+
+    short = np.zeros(10, dtype=bool)
+    short[:n_short] = True
+    return QPOutcome(np.zeros((2, 3)) if feasible else None,
+                     np.zeros(2) if feasible else None, 1, [], 0, 0, short)
+
+
+def _run_solve(monkeypatch, outcomes: list, give_up_on_stall: bool):
+    """loop._solve with the patcher, rows and splitting faked: (result, splits, notes)."""
+    import time
+
+    from verirepair.repair import loop
+
+    sequence = iter(outcomes)
+    splits: list[int] = []
+    monkeypatch.setattr(loop, "box_rows",
+                        lambda parts: SimpleNamespace(size=10, leaf=np.arange(10)))
+    monkeypatch.setattr(loop, "row_margins", lambda prob, rows, options: np.ones(10))
+    monkeypatch.setattr(loop, "_solve_once", lambda *args: next(sequence))
+    monkeypatch.setattr(loop, "sound_box_margin", lambda *args: np.ones(10))
+
+    def split(prob, rows, which, depth):
+        splits.append(int(which.sum()))
+        return int(which.sum())
+
+    monkeypatch.setattr(loop, "_split_leaves", split)
+    last = Affine(np.zeros((2, 3)), np.zeros(2))
+    prob = SimpleNamespace(network=SimpleNamespace(net=AffineReluNet((last, last))),
+                           specs=[], parts=[])
+    report = loop.RepairReport(model="m", output=None)
+    out = loop._solve(prob, loop.RepairOptions(), report, time.monotonic(), 100.0, 20,
+                      give_up_on_stall)
+    return out, splits, report.notes
+
+
+def test_a_search_without_a_feasible_candidate_gets_its_short_boxes_split(monkeypatch):
+    out, splits, _ = _run_solve(monkeypatch, [_outcome(3, False), _outcome(0, True)], False)
+    assert out is not None and splits == [3]
+    out, splits, notes = _run_solve(monkeypatch, [_outcome(0, False)], False)
+    assert out is None and splits == [] and "found no patch" in notes[-1]
+
+
+def test_a_localised_set_gives_up_once_splitting_stops_helping(monkeypatch):
+    stuck = [_outcome(5, True), _outcome(6, True), _outcome(7, True), _outcome(0, True)]
+    out, splits, notes = _run_solve(monkeypatch, stuck, True)
+    assert out is None and splits == [5, 6] and "no longer helps" in notes[-1]
+    out, splits, _ = _run_solve(monkeypatch, stuck, False)  # all parameters: go on
+    assert out is not None and splits == [5, 6, 7]
+    shrinking = [_outcome(5, True), _outcome(4, True), _outcome(3, True), _outcome(0, True)]
+    out, splits, _ = _run_solve(monkeypatch, shrinking, True)
+    assert out is not None and splits == [5, 4, 3]

@@ -4,8 +4,12 @@ With a localiser (CARE's causal attribution by default, see verirepair/localize)
 neurons of the last hidden layer are ranked on counterexamples of the target properties;
 the patch first changes only the outgoing weights of the top ``fraction`` of them (CARE
 repairs its top 10 %), then twice as many, ..., then every last-layer weight and bias.
-Only neurons active on at least ``min_active`` of the counterexamples are candidates: the
-outgoing weights of a neuron that is 0 on a counterexample cannot change its output.
+Optionally (``min_active`` > 0; off by default, CARE has no such filter) only neurons
+active on at least that share of the counterexamples are candidates: the outgoing weights
+of a neuron that is 0 on a counterexample cannot change its output there. Rankings are
+always of the last hidden layer (the one whose outgoing weights the patch changes): for
+SHARPEN that is its Deep-SHAP neuron ranking without the coarse layer step, which
+``verirepair localize --layer all`` shows.
 """
 
 from __future__ import annotations

@@ -79,7 +79,10 @@ class RepairOptions:
     milp_neurons: int = 8  # --patch milp: last-hidden neurons whose inputs may change
     milp_seconds: float = 60.0  # --patch milp: time limit of the hidden-layer MILP
     localize_fraction: float = 0.1  # first try the top 10 % of the last-hidden neurons
-    localize_min_active: float = 0.5  # candidates are active on >= 50 % of the cex
+    # Candidates must be active on at least this share of the counterexamples (a neuron
+    # that is 0 there cannot move those outputs through its outgoing weights). Off (0) by
+    # default: CARE has no such filter, and with it few neurons may remain.
+    localize_min_active: float = 0.0
     domain_lower: tuple[float, ...] | None = None
     domain_upper: tuple[float, ...] | None = None
     seed: int = 0
@@ -295,14 +298,18 @@ def _qp_patch(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOpt
 STALL_PATIENCE = 2  # split rounds without a new minimum of conflicts before giving up
 
 
+def _no_new_minimum(counts: list[int]) -> bool:
+    """None of the last ``STALL_PATIENCE`` counts set a new minimum."""
+    return (len(counts) > STALL_PATIENCE
+            and min(counts[-STALL_PATIENCE:]) >= min(counts[:-STALL_PATIENCE]))
+
+
 def _stalled(prob: _Problem) -> bool:
     """Splitting helps while the boxes in conflict with decisions get fewer; once no
     round in the last ``STALL_PATIENCE`` set a new minimum the conflict is real (not every
     decision can be kept) and decisions are penalised instead. (Patience 1 stopped N4,7 at
     12 -> 13 conflicts: 99.45 % agreement instead of 99.89 %.)"""
-    c = prob.conflicts
-    return (len(c) > STALL_PATIENCE
-            and min(c[-STALL_PATIENCE:]) >= min(c[:-STALL_PATIENCE]))
+    return _no_new_minimum(prob.conflicts)
 
 
 def _search_patch(method: str) -> Callable[..., QPOutcome]:
@@ -350,12 +357,18 @@ def _free_sets(network: Network, specs: list[Spec], options: RepairOptions,
 
 
 def _solve(prob: _Problem, options: RepairOptions, report: RepairReport, start: float,
-           budget: float, split_rounds: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """QP with penalised box shortfall: split the boxes that fall short and solve again;
-    grow eps when float32 rounding breaks a box row. Returns float32-exact (W, b)."""
+           budget: float, split_rounds: int, give_up_on_stall: bool = False
+           ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Patch with penalised box shortfall: split the boxes that fall short and solve
+    again (for every patcher: a search that finds no feasible candidate marks the rows it
+    could not reach); grow eps when float32 rounding breaks a box row. With
+    ``give_up_on_stall`` (a localised parameter set) stop once the number of short boxes
+    sets no new minimum for ``STALL_PATIENCE`` rounds: the set is too small, not the
+    boxes too coarse. Returns float32-exact (W, b)."""
     last = prob.network.net.layers[-1]
     grow = 1.0
     splits = 0
+    shorts: list[int] = []
     for _ in range(options.split_rounds + options.rounding_rounds + 2):
         if _deadline_left(start, budget) <= 0:
             report.notes.append("budget ended during the QP phase")
@@ -365,14 +378,19 @@ def _solve(prob: _Problem, options: RepairOptions, report: RepairReport, start: 
         out = _solve_once(prob, rows, eps, options, _deadline_left(start, budget) / 2,
                           splits)
         _record(report, out, rows, eps)
-        if out.dW is None:
+        if out.dW is None and not out.short.any():
             report.notes.append(f"the {options.patch} patcher found no patch (solver "
                                 f"failure, infeasible, or its iteration/time limit)")
             return None
         if out.short.any():
+            shorts.append(int(out.short.sum()))
             if splits >= split_rounds:
-                report.notes.append(f"{int(out.short.sum())} boxes still fall short "
-                                    f"after {splits} split rounds")
+                report.notes.append(f"{shorts[-1]} boxes still fall short after {splits} "
+                                    f"split rounds")
+                return None
+            if give_up_on_stall and _no_new_minimum(shorts):
+                report.notes.append(f"{shorts[-1]} boxes still fall short and splitting "
+                                    f"no longer helps ({splits} split rounds)")
                 return None
             count = _split_leaves(prob, rows, out.short, options.split_depth)
             splits += 1
@@ -471,12 +489,18 @@ def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
     samples, scale = _samples(network, specs, domain, options, stage.net)
     prob = _Problem(stage, specs, parts, samples, domain, scale)
     solved = None
-    for free in _free_sets(network, specs, options, report, start, budget_s):
+    sets = _free_sets(network, specs, options, report, start, budget_s)
+    for index, free in enumerate(sets):
         prob.free = free.mask
         prob.conflicts = []
         last_try = free.label.startswith("all")
-        solved = _solve(prob, options, report, start, budget_s,
-                        options.split_rounds if last_try else 0)
+        # each parameter set gets an equal share of the time left (the last one all of
+        # it): a search on a localised set must not use up the budget of the sets after
+        set_start, set_budget = time.monotonic(), _deadline_left(start, budget_s)
+        if not last_try:
+            set_budget /= len(sets) - index
+        solved = _solve(prob, options, report, set_start, set_budget, options.split_rounds,
+                        give_up_on_stall=not last_try)
         if solved is not None:
             report.free_set = free.label
             report.patched_neurons = list(free.neurons)

@@ -24,6 +24,14 @@ Sample row (h, win, lose): keep the decision ``win`` over ``lose`` (argmin conve
 the caller swaps for argmax): (W+dW)_win.h + (b+db)_win <= (W+dW)_lose.h + (b+db)_lose - margin.
 
 Objective: ||dW||^2 + ||db||^2 (+ penalty * sum s, + penalty * sum r). Solved by Clarabel.
+
+Relation to AutoRIC (TOSEM 2024): only its incremental selection of constraints is
+taken (add the most violated rows, re-solve; here 400 rows per step instead of one).
+AutoRIC's objective is a quadratic fitted by least squares to sampled changes of the
+property measure, with Taylor-linearised classification constraints, a cap on flips and
+trust-region constraints. Ours is the minimal-change QP: the property is a set of hard
+certified constraints (linear in (dW, db) exactly, so no trust region is needed) and
+decisions are kept by linear rows, penalised only when they conflict.
 """
 
 from __future__ import annotations
@@ -330,7 +338,7 @@ def solve_incremental(weight: np.ndarray, bias: np.ndarray, boxes: BoxRows,
                       max_iterations: int = 40, add_rows: int = 400,
                       penalties: Penalties = Penalties(), free: np.ndarray | None = None
                       ) -> QPOutcome:
-    """AutoRIC-style incremental constraint selection: solve on a few of the strictest
+    """Incremental constraint selection in the manner of AutoRIC (Alg. 1): solve on a few of the strictest
     rows, add the ``add_rows`` most violated box rows and decision rows, repeat until
     the solution breaks no row outside the selection (to a 10% slack on eps) or the
     iteration limit. Rows inside the selection may fall short of eps only where a
