@@ -151,17 +151,18 @@ def test_summary_names_the_proof_engine_and_skips_unchecked_properties() -> None
     assert "no output file written" in text
 
 
-def _outcome(n_short: int, feasible: bool):
+def _outcome(n_short: int, feasible: bool, rows: int = 100):
     from verirepair.repair.qp import QPOutcome
 
-    short = np.zeros(10, dtype=bool)
+    short = np.zeros(rows, dtype=bool)
     short[:n_short] = True
     return QPOutcome(np.zeros((2, 3)) if feasible else None,
                      np.zeros(2) if feasible else None, 1, [], 0, 0, short)
 
 
 def _run_solve(monkeypatch, outcomes: list, give_up_on_stall: bool):
-    """loop._solve with the patcher, rows and splitting faked: (result, splits, notes)."""
+    """loop._solve with the patcher, 100 box rows and splitting faked: (result, splits,
+    notes)."""
     import time
 
     from verirepair.repair import loop
@@ -169,10 +170,10 @@ def _run_solve(monkeypatch, outcomes: list, give_up_on_stall: bool):
     sequence = iter(outcomes)
     splits: list[int] = []
     monkeypatch.setattr(loop, "box_rows",
-                        lambda parts: SimpleNamespace(size=10, leaf=np.arange(10)))
-    monkeypatch.setattr(loop, "row_margins", lambda prob, rows, options: np.ones(10))
+                        lambda parts: SimpleNamespace(size=100, leaf=np.arange(100)))
+    monkeypatch.setattr(loop, "row_margins", lambda prob, rows, options: np.ones(100))
     monkeypatch.setattr(loop, "_solve_once", lambda *args: next(sequence))
-    monkeypatch.setattr(loop, "sound_box_margin", lambda *args: np.ones(10))
+    monkeypatch.setattr(loop, "sound_box_margin", lambda *args: np.ones(100))
 
     def split(prob, rows, which, depth):
         splits.append(int(which.sum()))
@@ -198,9 +199,34 @@ def test_a_search_without_a_feasible_candidate_gets_its_short_boxes_split(monkey
 def test_a_localised_set_gives_up_once_splitting_stops_helping(monkeypatch):
     stuck = [_outcome(5, True), _outcome(6, True), _outcome(7, True), _outcome(0, True)]
     out, splits, notes = _run_solve(monkeypatch, stuck, True)
-    assert out is None and splits == [5, 6] and "no longer helps" in notes[-1]
+    assert out is None and splits == [5] and "too few parameters" in notes[-1]
     out, splits, _ = _run_solve(monkeypatch, stuck, False)  # all parameters: go on
     assert out is not None and splits == [5, 6, 7]
     shrinking = [_outcome(5, True), _outcome(4, True), _outcome(3, True), _outcome(0, True)]
     out, splits, _ = _run_solve(monkeypatch, shrinking, True)
     assert out is not None and splits == [5, 4, 3]
+
+
+def test_a_localised_set_that_leaves_many_boxes_short_is_given_up_at_once(monkeypatch):
+    many = [_outcome(30, True), _outcome(0, True)]  # 30 of 100 rows > 20 %
+    out, splits, notes = _run_solve(monkeypatch, many, True)
+    assert out is None and splits == [] and "30 of 100" in notes[-1]
+    out, splits, _ = _run_solve(monkeypatch, many, False)
+    assert out is not None and splits == [30]
+
+
+def test_the_qp_stops_at_its_deadline() -> None:
+    from verirepair.lastlayer import BoxRows
+    from verirepair.repair.qp import SampleRows, solve_incremental
+
+    rng = np.random.default_rng(1)  # needs several solves (and ends infeasible)
+    m, h = 200, 4
+    rows = BoxRows(mid=rng.random((m, h)), rad=0.1 * rng.random((m, h)),
+                   c=rng.standard_normal((m, 2)), base=-rng.random(m), d=np.zeros(m),
+                   leaf=np.arange(m))
+    samples = SampleRows(h=np.zeros((0, h)), win=np.zeros(0, int), lose=np.zeros(0, int))
+    weight, bias = rng.standard_normal((2, h)), np.zeros(2)
+    done = solve_incremental(weight, bias, rows, samples, 1e-3, 1e-6, add_rows=5)
+    late = solve_incremental(weight, bias, rows, samples, 1e-3, 1e-6, add_rows=5,
+                             deadline=0.0)
+    assert done.iterations > 1 and late.iterations == 1 and late.dW is None

@@ -39,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import logging
+import time
 
 import numpy as np
 import scipy.sparse as sp
@@ -336,16 +337,17 @@ def _most_violated(value: np.ndarray, threshold: float, selected: np.ndarray,
 def solve_incremental(weight: np.ndarray, bias: np.ndarray, boxes: BoxRows,
                       samples: SampleRows, eps: float | np.ndarray, margin: float,
                       max_iterations: int = 40, add_rows: int = 400,
-                      penalties: Penalties = Penalties(), free: np.ndarray | None = None
-                      ) -> QPOutcome:
-    """Incremental constraint selection in the manner of AutoRIC (Alg. 1): solve on a few of the strictest
-    rows, add the ``add_rows`` most violated box rows and decision rows, repeat until
-    the solution breaks no row outside the selection (to a 10% slack on eps) or the
-    iteration limit. Rows inside the selection may fall short of eps only where a
-    penalty allows it; those are reported in ``short``.
+                      penalties: Penalties = Penalties(), free: np.ndarray | None = None,
+                      deadline: float | None = None) -> QPOutcome:
+    """Incremental constraint selection in the manner of AutoRIC (Alg. 1): solve on a
+    few of the strictest rows, add the ``add_rows`` most violated box rows and decision
+    rows, repeat until the solution breaks no row outside the selection (to a 10% slack
+    on eps) or the iteration limit. Rows inside the selection may fall short of eps only
+    where a penalty allows it; those are reported in ``short``.
 
     ``eps`` is the margin each box row must reach: one number or one per row (M,).
-    Returns dW, db = None when the QP is infeasible or the limit is reached.
+    Returns dW, db = None when the QP is infeasible, the limit is reached or
+    ``deadline`` (time.monotonic()) passes before the next solve.
     """
     eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (boxes.size,))
     none = np.zeros(boxes.size, dtype=bool)
@@ -354,6 +356,10 @@ def solve_incremental(weight: np.ndarray, bias: np.ndarray, boxes: BoxRows,
     sample_sel = np.zeros(samples.size, dtype=bool)
     sizes: list[tuple[int, int]] = []
     for it in range(1, max_iterations + 1):
+        if deadline is not None and it > 1 and time.monotonic() > deadline:
+            log.debug("QP: deadline passed after %d solves", it - 1)
+            return QPOutcome(None, None, it - 1, sizes, int(box_sel.sum()),
+                             int(sample_sel.sum()), none)
         # The first QP uses the interval bound for every row (measured on ACAS Xu: starting
         # from the bound that is best at zero change can trap the descent in a patch ~100x
         # larger, e.g. N2,9 phi2+phi8: ||d|| 6.49 vs 0.032); later ones the best at dw.
