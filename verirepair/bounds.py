@@ -49,8 +49,11 @@ class HiddenBounds:
                             tuple(t[mask] for t in self.upper))
 
 
-def pack_hidden(hidden: HiddenBounds) -> Tensor:
-    """(N, 2, H) float32 copy, rounded outward (lower down, upper up): still sound."""
+def pack_hidden(hidden: HiddenBounds, n: int) -> Tensor:
+    """(N, 2, H) float32 copy, rounded outward (lower down, upper up): still sound.
+    ``n`` is the number of boxes (needed when there is no hidden layer)."""
+    if not hidden.lower:
+        return torch.zeros((n, 2, 0), dtype=torch.float32)
     lo = torch.cat(hidden.lower, dim=1)
     hi = torch.cat(hidden.upper, dim=1)
     lo32, hi32 = lo.to(torch.float32), hi.to(torch.float32)
@@ -392,6 +395,8 @@ def crown_hidden_bounds(layers: Layers, lower: Tensor, upper: Tensor,
     the others refine the union of theirs.
     """
     start = start or symbolic_bounds(layers, lower, upper)
+    if len(layers) < 2:  # no hidden layer
+        return start
     lows, ups = [start.lower[0]], [start.upper[0]]
     for k in range(1, len(layers) - 1):
         l, u = start.lower[k].clone(), start.upper[k].clone()

@@ -75,6 +75,9 @@ def _op_matmul(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
     a, b = xs
     if dyn[1]:
         raise ModelError("MatMul with an input-dependent right operand is not supported")
+    if dyn[0] and b.dim() != 2:
+        raise ModelError(f"MatMul of the running tensor with a {b.dim()}-D constant is not "
+                         "supported (only a 2-D right operand)")
     return torch.matmul(a, b)
 
 
@@ -83,6 +86,8 @@ def _op_gemm(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
     c = xs[2] if len(xs) > 2 else None
     if dyn[1] or attrs.get("transA", 0):
         raise ModelError("Gemm with transA=1 or an input-dependent B is not supported")
+    if len(dyn) > 2 and dyn[2]:
+        raise ModelError("Gemm with an input-dependent C is not supported")
     if attrs.get("transB", 0):
         b = b.T
     y = float(attrs.get("alpha", 1.0)) * torch.matmul(a, b)
@@ -212,6 +217,34 @@ def _check_mul_linear(node: onnx.NodeProto, dyn: list[bool]) -> None:
                          "supported")
 
 
+BROADCAST_OPS = ("Add", "Sub", "Mul", "Div")
+
+
+def _check_broadcast(node: onnx.NodeProto, running: tuple[int, ...], consts: list) -> None:
+    """An elementwise op with a constant must keep the running tensor's rank and its
+    leading (batch) dimension of 1: broadcasting that adds dimensions would mix them with
+    the lowering's basis axis."""
+    if node.op_type not in BROADCAST_OPS:
+        return
+    for c in consts:
+        shape = tuple(torch.broadcast_shapes(running, tuple(c.shape)))
+        if len(shape) != len(running) or shape[0] != 1:
+            raise ModelError(f"broadcasting a constant of shape {tuple(c.shape)} with the "
+                             f"running tensor of shape {running} gives {shape}; only "
+                             "broadcasts that keep the rank and the batch dimension of 1 "
+                             "are supported")
+
+
+def _check_dropout(node: onnx.NodeProto, consts: dict) -> None:
+    """Dropout is the identity only in inference mode."""
+    if node.op_type != "Dropout" or len(node.input) < 3 or not node.input[2]:
+        return
+    mode = consts.get(node.input[2])
+    if mode is None or bool(torch.as_tensor(mode).reshape(-1)[0]):
+        raise ModelError("Dropout in training mode (or with an input-dependent mode) is "
+                         "not supported")
+
+
 # --------------------------------------------------------------------------- loading
 
 def _read_model(path: Path) -> onnx.ModelProto:
@@ -313,6 +346,9 @@ class _Lowering:
                 self.consts[node.output[0]] = fn(xs, attrs, dyn, False)
                 return
             _check_mul_linear(node, dyn)
+            _check_broadcast(node, tuple(self.off.shape),
+                             [self.consts[n] for n, d in zip(names, dyn) if n and not d])
+            _check_dropout(node, self.consts)
             self._apply_dynamic(node, fn, names, dyn, attrs)
         except ModelError as exc:
             raise ModelError(f"{self._node_label(node)}: {exc}") from None
@@ -378,12 +414,12 @@ def _check_consumers(graph: onnx.GraphProto, input_name: str, source: str) -> No
             dynamic.update(node.output)
     uses: dict[str, int] = {}
     for node in graph.node:
-        for name in set(node.input):
+        for name in node.input:  # twice in one node (Add(x, x)) counts twice
             uses[name] = uses.get(name, 0) + 1
     for name, count in uses.items():
         if count > 1 and name in dynamic:
-            raise ModelError(f"{source}: tensor '{name}' feeds {count} nodes; only "
-                             "feed-forward chains are supported")
+            raise ModelError(f"{source}: tensor '{name}' feeds {count} nodes (or node "
+                             "inputs); only feed-forward chains are supported")
 
 
 def load_network(path: str | Path) -> Network:
@@ -407,13 +443,51 @@ def load_network(path: str | Path) -> Network:
                for l in net.layers):
         raise ModelError(f"{source}: lowered network has non-finite weights")
     try:  # counterexamples are re-checked in onnxruntime: it must accept the model
-        onnx_session(model)
+        session = onnx_session(model)
     except Exception as exc:
         raise ModelError(f"{source}: onnxruntime cannot load the model: "
                          f"{_first_line(exc)}") from None
-    return Network(source=source, model=model, input_name=inp.name,
-                   input_shape=input_shape, output_name=graph.output[0].name, net=net,
-                   segments=segments)
+    network = Network(source=source, model=model, input_name=inp.name,
+                      input_shape=input_shape, output_name=graph.output[0].name, net=net,
+                      segments=segments)
+    _check_against_onnxruntime(network, session)
+    return network
+
+
+LOWERING_CHECK_POINTS = 6  # seeded random inputs on which lowering and onnxruntime agree
+LOWERING_RTOL = 1e-3  # of the largest |output|: far above float32 rounding, far below a bug
+
+
+def _check_against_onnxruntime(network: Network, session) -> None:
+    """Every verdict is about the lowered network, so it must compute what onnxruntime
+    computes: compared on seeded random inputs (scales 1 and 100). Raises ModelError on
+    a mismatch (a construct the lowering gets wrong) instead of verifying another
+    function."""
+    rng = np.random.default_rng(20261126)
+    n = network.n_inputs
+    x = np.concatenate([rng.uniform(-1, 1, (LOWERING_CHECK_POINTS // 2, n)),
+                        rng.uniform(-100, 100, (LOWERING_CHECK_POINTS // 2, n))])
+    x = x.astype(np.float32)
+    try:
+        want = run_onnxruntime(network, x, session).astype(np.float64)
+    except Exception as exc:
+        raise ModelError(f"{network.source}: onnxruntime cannot run the model on an input "
+                         f"of shape {list(network.input_shape)}: {_first_line(exc)}") from None
+    got = network.net.forward(x.astype(np.float64))
+    if want.shape != got.shape:
+        raise ModelError(f"{network.source}: onnxruntime gives {want.shape[1]} outputs per "
+                         f"input, the lowered network {got.shape[1]}")
+    half = LOWERING_CHECK_POINTS // 2
+    for group in (slice(0, half), slice(half, None)):  # each input scale on its own
+        w, g = want[group], got[group]
+        with np.errstate(all="ignore"):
+            scale = max(float(np.abs(w).max()), float(np.abs(g).max()), 1.0)
+            worst = float(np.abs(w - g).max())
+        if not np.isfinite(worst) or worst > LOWERING_RTOL * scale:
+            raise ModelError(f"{network.source}: the lowered network differs from "
+                             f"onnxruntime by {worst:.3g} (output scale {scale:.3g}) on a "
+                             "random input; the model uses a construct verirepair does "
+                             "not lower exactly")
 
 
 # --------------------------------------------------------------------------- runtime

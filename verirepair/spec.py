@@ -11,9 +11,15 @@ and output ``y = f(x)`` satisfy every ``assert``. Supported subset:
   ``a <= b and b <= c``) over linear terms: numbers, variables, ``+``, ``-`` and
   ``*`` with at most one non-constant factor.
 
-Strict comparisons are read as non-strict. This only enlarges the unsafe set (by
+Strict comparisons are verified as non-strict. This only enlarges the unsafe set (by
 its boundary), so a verdict "property holds" computed on the parsed spec remains
-sound for the original file.
+sound for the original file; the strict rows and bounds are marked (``Halfspaces.strict``,
+``Box.strict_lower/upper``) so that a counterexample must satisfy them strictly.
+
+Arithmetic on constants is exact (rational numbers), so ``(+ 1e20 3 -1e20)`` is 3, not
+0 as in float64. Only the final coefficients, right-hand sides and bounds are rounded to
+the nearest float64, as every VNN-COMP tool reads a plain number: a relative error of
+at most 2^-53, which the verifier's bound margins (1e-10 relative) absorb.
 
 The conjunction of all asserts is converted to disjunctive normal form. In each
 DNF term the input atoms must be single-variable bounds (they define a box) and the
@@ -29,6 +35,7 @@ import math
 import re
 import zlib
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Union
 
@@ -78,6 +85,10 @@ class SList:
 SExpr = Union[SAtom, SList]
 
 
+class _EmptyBox(SpecError):
+    """A DNF term whose input bounds admit no input."""
+
+
 class _Ctx:
     """Parsing context: the source name, used to build located :class:`SpecError`s."""
 
@@ -85,10 +96,10 @@ class _Ctx:
         self.source = source
 
     def error(self, message: str, node: SExpr | None = None,
-              line: int = 1, col: int = 1) -> SpecError:
+              line: int = 1, col: int = 1, kind: type[SpecError] = SpecError) -> SpecError:
         if node is not None:
             line, col = node.line, node.col
-        return SpecError(message, self.source, line, col)
+        return kind(message, self.source, line, col)
 
 
 def _read_sexprs(text: str, ctx: _Ctx) -> tuple[list[SExpr], tuple[int, int]]:
@@ -121,34 +132,47 @@ def _read_sexprs(text: str, ctx: _Ctx) -> tuple[list[SExpr], tuple[int, int]]:
 
 # --------------------------------------------------------------------------- linear terms
 
+ZERO, ONE = Fraction(0), Fraction(1)
+
+
 @dataclass(frozen=True)
 class _Linear:
-    """``sum(coefs[v] * v) + const``."""
+    """``sum(coefs[v] * v) + const``, exact (rational)."""
 
-    coefs: dict[VarKey, float]
-    const: float
+    coefs: dict[VarKey, Fraction]
+    const: Fraction
 
-    def scaled(self, factor: float) -> "_Linear":
+    def scaled(self, factor: Fraction) -> "_Linear":
         return _Linear({k: v * factor for k, v in self.coefs.items()}, self.const * factor)
 
 
 def _add(terms: list[_Linear]) -> _Linear:
-    coefs: dict[VarKey, float] = {}
-    const = 0.0
+    coefs: dict[VarKey, Fraction] = {}
+    const = ZERO
     for t in terms:
         const += t.const
         for k, v in t.coefs.items():
-            coefs[k] = coefs.get(k, 0.0) + v
-    return _Linear({k: v for k, v in coefs.items() if v != 0.0}, const)
+            coefs[k] = coefs.get(k, ZERO) + v
+    return _Linear({k: v for k, v in coefs.items() if v != 0}, const)
 
 
 @dataclass(frozen=True)
 class _Atom:
-    """A linearised constraint ``sum(coefs[v] * v) <= rhs`` with its source node."""
+    """A linearised constraint ``sum(coefs[v] * v) <= rhs`` (``<`` when ``strict``),
+    exact, with its source node."""
 
-    coefs: dict[VarKey, float]
-    rhs: float
+    coefs: dict[VarKey, Fraction]
+    rhs: Fraction
     node: SExpr
+    strict: bool = False
+
+
+def _to_float(q: Fraction) -> float:
+    """``q`` as the nearest float64. Raises OverflowError beyond the float64 range."""
+    f = float(q)  # OverflowError when far too large
+    if not math.isfinite(f):
+        raise OverflowError
+    return f + 0.0  # "+ 0.0" turns -0.0 into 0.0
 
 
 _Chunk = tuple[_Atom, ...]  # a conjunction of atoms, shared between DNF terms
@@ -221,13 +245,13 @@ class _Parser:
             return _add(args)
         if op == "-":
             if len(args) == 1:
-                return args[0].scaled(-1.0)
-            return _add([args[0]] + [a.scaled(-1.0) for a in args[1:]])
+                return args[0].scaled(-ONE)
+            return _add([args[0]] + [a.scaled(-ONE) for a in args[1:]])
         return self._product(expr, args)
 
     def _product(self, expr: SList, args: list[_Linear]) -> _Linear:
         """``(* ...)`` with at most one non-constant factor."""
-        factor = 1.0
+        factor = ONE
         linear: _Linear | None = None
         for a in args:
             if not a.coefs:
@@ -236,26 +260,27 @@ class _Parser:
                 linear = a
             else:
                 raise self.ctx.error("nonlinear product of variables is not supported", expr)
-        if not math.isfinite(factor):
-            raise self.ctx.error("non-finite constant product", expr)
         if linear is None:
             return _Linear({}, factor)
         scaled = linear.scaled(factor)
-        return _Linear({k: v for k, v in scaled.coefs.items() if v != 0.0}, scaled.const)
+        return _Linear({k: v for k, v in scaled.coefs.items() if v != 0}, scaled.const)
 
     def _atom_term(self, atom: SAtom) -> _Linear:
         text = atom.text
         if _NUMBER_RE.match(text):
-            value = float(text)
-            if not math.isfinite(value):
-                raise self.ctx.error(f"non-finite number '{text}'", atom)
+            value = Fraction(text)
+            try:
+                _to_float(value)
+            except OverflowError:
+                raise self.ctx.error(f"non-finite number '{text}' (beyond the float64 range)",
+                                     atom) from None
             return _Linear({}, value)
         m = _VAR_RE.match(text)
         if m is not None:
             key = (m.group(1), int(m.group(2)))
             if key not in self.declared:
                 raise self.ctx.error(f"undeclared variable '{text}'", atom)
-            return _Linear({key: 1.0}, 0.0)
+            return _Linear({key: ONE}, ZERO)
         if _is_non_finite_literal(text):
             raise self.ctx.error(f"non-finite number '{text}'", atom)
         raise self.ctx.error(f"unknown symbol '{text}'", atom)
@@ -316,17 +341,22 @@ class _Parser:
         if len(args) < 2:
             raise self.ctx.error(f"'{op}' needs at least two arguments", expr)
         atoms: list[_Atom] = []
+        strict = op in ("<", ">")
         for lhs, rhs in zip(args, args[1:]):
             if op in ("<=", "<", "="):
-                atoms.append(_le(lhs, rhs, expr))
+                atoms.append(_le(lhs, rhs, expr, strict))
             if op in (">=", ">", "="):
-                atoms.append(_le(rhs, lhs, expr))
+                atoms.append(_le(rhs, lhs, expr, strict))
         kept: list[_Atom] = []
         for atom in atoms:
-            if not all(map(math.isfinite, [atom.rhs, *atom.coefs.values()])):
-                raise self.ctx.error("non-finite coefficient after linearisation", expr)
+            try:
+                for value in (atom.rhs, *atom.coefs.values()):
+                    _to_float(value)
+            except OverflowError:
+                raise self.ctx.error("non-finite coefficient after linearisation (beyond "
+                                     "the float64 range)", expr) from None
             if not atom.coefs:
-                if 0.0 <= atom.rhs:
+                if ZERO < atom.rhs or (ZERO == atom.rhs and not atom.strict):
                     continue  # constant true
                 return []  # constant false: the whole conjunction is empty
             self._classify(atom)
@@ -350,10 +380,10 @@ def _is_non_finite_literal(text: str) -> bool:
         return False
 
 
-def _le(lhs: _Linear, rhs: _Linear, node: SExpr) -> _Atom:
-    """Linearise ``lhs <= rhs`` to ``coefs . vars <= const``."""
-    diff = _add([lhs, rhs.scaled(-1.0)])
-    return _Atom(diff.coefs, -diff.const + 0.0, node)  # "+ 0.0" normalises -0.0
+def _le(lhs: _Linear, rhs: _Linear, node: SExpr, strict: bool = False) -> _Atom:
+    """Linearise ``lhs <= rhs`` (``<`` when strict) to ``coefs . vars <= const``."""
+    diff = _add([lhs, rhs.scaled(-ONE)])
+    return _Atom(diff.coefs, -diff.const, node, strict)
 
 
 # --------------------------------------------------------------------------- assembling
@@ -378,23 +408,37 @@ def _is_input(atom: _Atom) -> bool:
 
 def _box_from_atoms(atoms: list[_Atom], n_inputs: int, parser: _Parser, where: SExpr,
                     label: str) -> Box:
-    """Intersect single-variable input bounds ``a * X_i <= c`` into a box."""
-    lower = np.full(n_inputs, -np.inf)
-    upper = np.full(n_inputs, np.inf)
+    """Intersect single-variable input bounds ``a * X_i <= c`` into a box: the tightest
+    exact bound wins (a strict one over an equal non-strict one); each is then rounded
+    outward to float64."""
+    exact_lo: dict[int, tuple[Fraction, bool]] = {}
+    exact_hi: dict[int, tuple[Fraction, bool]] = {}
     lower_at: dict[int, SExpr] = {}
     upper_at: dict[int, SExpr] = {}
     for atom in atoms:
         ((_, i), a), = atom.coefs.items()
-        bound = atom.rhs / a + 0.0  # "+ 0.0" turns -0.0 into 0.0
-        if not math.isfinite(bound):
-            raise parser.ctx.error(f"non-finite bound on X_{i}", atom.node)
-        if a > 0 and (i not in upper_at or bound < upper[i]):
-            upper[i], upper_at[i] = bound, atom.node
-        elif a < 0 and (i not in lower_at or bound > lower[i]):
-            lower[i], lower_at[i] = bound, atom.node
+        bound = atom.rhs / a
+        if a > 0 and (i not in exact_hi or (bound, not atom.strict) < (exact_hi[i][0],
+                                                                         not exact_hi[i][1])):
+            exact_hi[i], upper_at[i] = (bound, atom.strict), atom.node
+        elif a < 0 and (i not in exact_lo or (bound, atom.strict) > exact_lo[i]):
+            exact_lo[i], lower_at[i] = (bound, atom.strict), atom.node
+    lower = np.full(n_inputs, -np.inf)
+    upper = np.full(n_inputs, np.inf)
+    strict_lo = np.zeros(n_inputs, dtype=bool)
+    strict_hi = np.zeros(n_inputs, dtype=bool)
+    for i, (q, s) in exact_lo.items():
+        lower[i], strict_lo[i] = _to_float(q), s
+    for i, (q, s) in exact_hi.items():
+        upper[i], strict_hi[i] = _to_float(q), s
     for i in range(n_inputs):
         _check_bounds(i, lower, upper, lower_at, upper_at, parser, where, label)
-    return Box(lower, upper)
+        empty_point = lower[i] == upper[i] and (strict_lo[i] or strict_hi[i])
+        if empty_point:
+            raise parser.ctx.error(f"empty box: X_{i} is strictly bounded at both sides "
+                                   f"by {float(lower[i])!r}", where, kind=_EmptyBox)
+    return Box(lower, upper, strict_lo if strict_lo.any() else None,
+               strict_hi if strict_hi.any() else None)
 
 
 def _check_bounds(i: int, lower: np.ndarray, upper: np.ndarray, lower_at: dict[int, SExpr],
@@ -408,8 +452,8 @@ def _check_bounds(i: int, lower: np.ndarray, upper: np.ndarray, lower_at: dict[i
         raise ctx.error(f"X_{i} has no upper bound{label}", where)
     if lower[i] > upper[i]:
         late = max(lower_at[i], upper_at[i], key=lambda n: (n.line, n.col))
-        raise ctx.error(f"empty box: X_{i} has lower bound {lower[i]!r} > "
-                        f"upper bound {upper[i]!r}", late)
+        raise ctx.error(f"empty box: X_{i} has lower bound {float(lower[i])!r} > "
+                        f"upper bound {float(upper[i])!r}", late, kind=_EmptyBox)
 
 
 def _label(index: int, count: int) -> str:
@@ -418,14 +462,17 @@ def _label(index: int, count: int) -> str:
 
 
 def _rows(atoms: list[_Atom], n_outputs: int) -> Halfspaces:
-    """Output atoms as ``matrix @ y <= rhs``."""
+    """Output atoms as ``matrix @ y <= rhs`` (nearest float64 values; strict rows
+    marked)."""
     matrix = np.zeros((len(atoms), n_outputs))
     rhs = np.zeros(len(atoms))
+    strict = np.zeros(len(atoms), dtype=bool)
     for r, atom in enumerate(atoms):
         for (_, j), c in atom.coefs.items():
-            matrix[r, j] = c
-        rhs[r] = atom.rhs
-    return Halfspaces(matrix, rhs)
+            matrix[r, j] = _to_float(c)
+        rhs[r] = _to_float(atom.rhs)
+        strict[r] = atom.strict
+    return Halfspaces(matrix, rhs, strict if strict.any() else None)
 
 
 class _Assembler:
@@ -457,18 +504,31 @@ class _Assembler:
         if got is None:
             atoms = [a for c in x_chunks for a in self._split(c)[0]]
             box = _box_from_atoms(atoms, self.n_inputs, self.parser, self.where, label)
-            got = self._boxes[key] = (box, tuple(box.lower.tolist() + box.upper.tolist()))
+            flags = [box.strict_lower, box.strict_upper]
+            got = self._boxes[key] = (box, tuple(box.lower.tolist() + box.upper.tolist()
+                                                 + [None if f is None else f.tobytes()
+                                                    for f in flags]))
         return got
 
     def cases(self, dnf: _Dnf) -> tuple[SpecCase, ...]:
-        """Group terms by identical box (first-seen order), deduplicating disjuncts."""
+        """Group terms by identical box (first-seen order), deduplicating disjuncts.
+        Terms whose box is empty admit no input and are dropped, unless every term's
+        box is empty (then the file has no inputs at all: an error)."""
         groups: dict[tuple[float, ...], tuple[Box, dict[tuple, Halfspaces]]] = {}
+        first_empty: _EmptyBox | None = None
         for k, term in enumerate(dnf):
-            box, key = self._box(term, _label(k, len(dnf)))
+            try:
+                box, key = self._box(term, _label(k, len(dnf)))
+            except _EmptyBox as exc:
+                first_empty = first_empty or exc
+                continue
             poly = _rows([a for c in term for a in self._split(c)[1]], self.n_outputs)
             _, disjuncts = groups.setdefault(key, (box, {}))
-            pkey = (poly.matrix.shape, poly.matrix.tobytes(), poly.rhs.tobytes())
+            pkey = (poly.matrix.shape, poly.matrix.tobytes(), poly.rhs.tobytes(),
+                    None if poly.strict is None else poly.strict.tobytes())
             disjuncts.setdefault(pkey, poly)
+        if first_empty is not None and not groups:
+            raise first_empty
         return tuple(SpecCase(box, tuple(d.values())) for box, d in groups.values())
 
 

@@ -16,10 +16,17 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Box:
-    """Axis-aligned input box ``lower <= x <= upper`` over the flattened input (float64)."""
+    """Axis-aligned input box ``lower <= x <= upper`` over the flattened input (float64).
+
+    ``strict_lower``/``strict_upper`` (bool per input, None = none) mark bounds that the
+    file states strictly (``X_i > a``): verification uses the closed box (a larger
+    unsafe set, so "holds" stays sound), while :meth:`contains`, which decides whether a
+    counterexample counts, honours them."""
 
     lower: np.ndarray
     upper: np.ndarray
+    strict_lower: np.ndarray | None = None
+    strict_upper: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -27,19 +34,31 @@ class Box:
 
     def contains(self, x: np.ndarray) -> bool:
         x = np.asarray(x, dtype=np.float64).reshape(-1)
-        return bool(np.all(x >= self.lower) and np.all(x <= self.upper))
+        above = (x > self.lower) | ((x == self.lower) & ~_flags(self.strict_lower, x))
+        below = (x < self.upper) | ((x == self.upper) & ~_flags(self.strict_upper, x))
+        return bool(np.all(above) and np.all(below))
+
+
+def _flags(strict: np.ndarray | None, like: np.ndarray) -> np.ndarray:
+    return np.zeros(like.shape, dtype=bool) if strict is None else strict
 
 
 @dataclass(frozen=True)
 class Halfspaces:
-    """Conjunction of linear output constraints ``matrix @ y <= rhs``."""
+    """Conjunction of linear output constraints ``matrix @ y <= rhs``; rows marked in
+    ``strict`` (None = none) are ``<`` in the file: verification uses ``<=`` (sound for
+    "holds"), :meth:`satisfied_by`, which decides whether a counterexample counts, uses
+    ``<`` for them."""
 
     matrix: np.ndarray  # (rows, n_outputs) float64
     rhs: np.ndarray  # (rows,) float64
+    strict: np.ndarray | None = None  # (rows,) bool
 
     def satisfied_by(self, y: np.ndarray, tol: float = 0.0) -> bool:
         y = np.asarray(y, dtype=np.float64).reshape(-1)
-        return bool(np.all(self.matrix @ y <= self.rhs + tol))
+        lhs, rhs = self.matrix @ y, self.rhs + tol
+        ok = (lhs < rhs) | ((lhs == rhs) & ~_flags(self.strict, self.rhs))
+        return bool(np.all(ok))
 
 
 @dataclass(frozen=True)

@@ -187,3 +187,51 @@ def test_bab_says_unknown_quickly_when_the_box_has_no_float32_input(sum_network)
     assert result.verdict is Verdict.UNKNOWN
     assert "float32" in result.reason
     assert time.monotonic() - start < 10.0
+
+
+# ------------------------------------------------------------ strict comparisons, no hidden
+
+def _one_in_one_out(*layers) -> AffineReluNet:
+    return AffineReluNet(tuple(Affine(np.array(w, dtype=float), np.array(b, dtype=float))
+                               for w, b in layers))
+
+
+@pytest.mark.parametrize("assertions, strict", [
+    ("(assert (> X_0 0))(assert (<= X_0 1))(assert (<= Y_0 0))", True),
+    ("(assert (>= X_0 0))(assert (<= X_0 1))(assert (< Y_0 0))", True),
+    ("(assert (>= X_0 0))(assert (<= X_0 1))(assert (<= Y_0 0))", False),
+])
+def test_a_counterexample_must_meet_strict_comparisons_strictly(tmp_path, assertions,
+                                                                strict) -> None:
+    """y = relu(x): only x = 0, y = 0 is on the boundary; with a strict comparison it is
+    not a counterexample (the closed relaxation made it 'violated' before)."""
+    from verirepair.spec import parse_vnnlib_text
+    from verirepair.verify.engine import VerifyOptions, verify
+    from verirepair.verify.types import Verdict
+
+    net = _one_in_one_out(([[1.0]], [0.0]), ([[1.0]], [0.0]))
+    spec = parse_vnnlib_text("(declare-const X_0 Real)(declare-const Y_0 Real)" + assertions)
+    result = verify(export_and_load(net, tmp_path / "n.onnx"), spec, VerifyOptions(timeout=10))
+    if strict:
+        assert result.verdict is not Verdict.VIOLATED
+    else:
+        assert result.verdict is Verdict.VIOLATED
+        assert result.counterexample.x[0] == 0.0
+
+
+def test_a_network_without_hidden_layers_is_verified(tmp_path) -> None:
+    """y = (x, -x): bounds and branch and bound with no hidden layer (used to crash)."""
+    from verirepair.spec import parse_vnnlib_text
+    from verirepair.verify.engine import VerifyOptions, verify
+    from verirepair.verify.types import Verdict
+
+    net = _one_in_one_out(([[1.0], [-1.0]], [0.0, 0.0]))
+    network = export_and_load(net, tmp_path / "n.onnx")
+    head = "(declare-const X_0 Real)(declare-const Y_0 Real)(declare-const Y_1 Real)"
+    box = "(assert (>= X_0 0))(assert (<= X_0 1))"
+    holds = parse_vnnlib_text(head + box + "(assert (<= Y_0 (- 0.5)))")
+    violated = parse_vnnlib_text(head + box + "(assert (<= Y_1 (- 0.5)))")
+    near = parse_vnnlib_text(head + box + "(assert (<= Y_0 -0.000000001))")
+    assert verify(network, holds, VerifyOptions(timeout=10)).verdict is Verdict.HOLDS
+    assert verify(network, violated, VerifyOptions(timeout=10)).verdict is Verdict.VIOLATED
+    assert verify(network, near, VerifyOptions(timeout=10)).verdict is Verdict.HOLDS

@@ -405,3 +405,57 @@ def test_input_dependent_tensor_feeding_two_nodes_is_rejected(tmp_path: Path) ->
     path = save_model(tmp_path, nodes, [1, 4], [1, 4], [init("W", rand(rng, 4, 4))])
     with pytest.raises(ModelError, match="'h' feeds 2 nodes"):
         load_network(path)
+
+
+# ------------------------------------- constructs the lowering used to get wrong silently
+
+def test_gemm_whose_c_is_the_running_tensor_is_rejected(tmp_path: Path) -> None:
+    """y = r W^T + r: C was dropped from the lowering (a wrong 'holds' followed)."""
+    w = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
+    nodes = [helper.make_node("Relu", ["input"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "W", "r"], ["output"], name="gemm", transB=1)]
+    path = save_model(tmp_path, nodes, [1, 2], [1, 2], [init("W", w)])
+    with pytest.raises(ModelError, match="'r' feeds 2 nodes"):
+        load_network(path)
+
+
+@pytest.mark.parametrize("op, const_shape, out_shape", [("Add", [2, 1, 2], [2, 1, 2]),
+                                                        ("Mul", [2, 1], [2, 2]),
+                                                        ("Sub", [3, 2], [3, 2])])
+def test_broadcasts_that_change_the_running_shape_are_rejected(
+        tmp_path: Path, op: str, const_shape: list[int], out_shape: list[int]) -> None:
+    """relu(x) (shape [1, 2]) op c: a constant that adds a dimension or grows the batch
+    dimension used to be mixed with the lowering's basis axis (a wrong 'holds')."""
+    nodes = [helper.make_node("Relu", ["input"], ["r"], name="relu"),
+             helper.make_node(op, ["r", "c"], ["output"], name="op")]
+    c = np.zeros(const_shape, dtype=np.float32)
+    path = save_model(tmp_path, nodes, [1, 2], out_shape, [init("c", c)])
+    with pytest.raises(ModelError, match="broadcasting a constant of shape"):
+        load_network(path)
+
+
+def test_dropout_in_training_mode_is_rejected(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Relu", ["input"], ["r"], name="relu"),
+             helper.make_node("Dropout", ["r", "ratio", "mode"], ["output"], name="drop")]
+    inits = [init("ratio", np.array(0.5, dtype=np.float32)), init("mode", np.array(True))]
+    path = save_model(tmp_path, nodes, [1, 4], [1, 4], inits)
+    with pytest.raises(ModelError, match="Dropout in training mode"):
+        load_network(path)
+
+
+def test_a_lowering_that_differs_from_onnxruntime_is_refused(tmp_path: Path) -> None:
+    """The safety net behind every operator: load_network compares the lowered network
+    with onnxruntime on seeded random inputs."""
+    from dataclasses import replace
+
+    from verirepair.net_types import Affine, AffineReluNet
+    from verirepair.network import _check_against_onnxruntime, onnx_session
+
+    rng = np.random.default_rng(21)
+    nodes = [helper.make_node("MatMul", ["input", "W"], ["output"], name="mm")]
+    path = save_model(tmp_path, nodes, [1, 3], [1, 2], [init("W", rand(rng, 3, 2))])
+    network = load_network(path)  # agrees: no error
+    layer = network.net.layers[0]
+    off = AffineReluNet((Affine(layer.weight, layer.bias + 0.01),))
+    with pytest.raises(ModelError, match="differs from onnxruntime"):
+        _check_against_onnxruntime(replace(network, net=off), onnx_session(network.model))

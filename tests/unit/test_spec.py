@@ -440,3 +440,47 @@ def test_round_trip(data: tuple[int, int, list]) -> None:
 def test_overflowing_coefficients_are_refused() -> None:
     err = parse_error(D + BOX + "(assert (<= (+ (* 1e308 Y_0) (* 1e308 Y_0)) 1))")
     assert "non-finite coefficient" in str(err) and ":6:9:" in str(err)
+
+
+# ------------------------------------------------ exact constants and strict comparisons
+
+def test_constant_arithmetic_is_exact() -> None:
+    """(+ 1e20 3 -1e20) is 3 (float64 arithmetic gave 0 and a wrong 'holds')."""
+    spec = parse_vnnlib_text(D + "(assert (>= X_0 0))(assert (<= X_0 (+ 1e20 3 -1e20)))"
+                             "(assert (>= X_1 0))(assert (<= X_1 1))"
+                             "(assert (<= (+ Y_0 1e20) (+ 1e20 3)))")
+    assert spec.cases[0].box.upper[0] == 3.0
+    rows = spec.cases[0].unsafe[0]
+    assert rows.matrix[0, 0] == 1.0 and rows.rhs[0] == 3.0
+    spec = parse_vnnlib_text(D + "(assert (>= X_0 0))(assert (<= (* 0.1 X_0) 0.3))"
+                             "(assert (>= X_1 0))(assert (<= X_1 1))(assert (<= Y_0 0))")
+    assert spec.cases[0].box.upper[0] == 3.0  # 0.3 / 0.1 exactly
+
+
+def test_strict_comparisons_are_marked_and_honoured() -> None:
+    spec = parse_vnnlib_text(D + "(assert (> X_0 0))(assert (<= X_0 1))"
+                             "(assert (>= X_1 0))(assert (< X_1 1))(assert (< Y_0 0))")
+    box, rows = spec.cases[0].box, spec.cases[0].unsafe[0]
+    np.testing.assert_array_equal(box.lower, [0, 0])  # verified as the closed box
+    np.testing.assert_array_equal(box.strict_lower, [True, False])
+    np.testing.assert_array_equal(box.strict_upper, [False, True])
+    assert not box.contains(np.array([0.0, 0.5])) and box.contains(np.array([1e-30, 0.5]))
+    assert not box.contains(np.array([0.5, 1.0]))
+    assert rows.strict is not None and rows.strict.all()
+    assert not rows.satisfied_by(np.array([0.0, 5.0]))
+    assert rows.satisfied_by(np.array([-1e-30, 5.0]))
+    # a strict and a non-strict bound at the same value: the strict one wins
+    spec = parse_vnnlib_text(D + "(assert (>= X_0 0))(assert (> X_0 0))(assert (<= X_0 1))"
+                             "(assert (>= X_1 0))(assert (<= X_1 1))(assert (<= Y_0 0))")
+    assert spec.cases[0].box.strict_lower[0] and spec.cases[0].unsafe[0].strict is None
+
+
+def test_a_disjunct_with_an_empty_box_is_dropped() -> None:
+    """[0, 3] and (X_0 <= 1 or X_0 >= 5): the second box is empty, the first remains."""
+    spec = parse_vnnlib_text(D + "(assert (>= X_0 0))(assert (<= X_0 3))"
+                             "(assert (>= X_1 0))(assert (<= X_1 1))"
+                             "(assert (or (<= X_0 1) (>= X_0 5)))(assert (>= Y_0 0.5))")
+    assert len(spec.cases) == 1 and spec.cases[0].box.upper[0] == 1.0
+    err = parse_error(D + "(assert (>= X_0 4))(assert (<= X_0 3))"
+                      "(assert (>= X_1 0))(assert (<= X_1 1))(assert (>= Y_0 0.5))")
+    assert "empty box" in str(err) and "np.float64" not in str(err)

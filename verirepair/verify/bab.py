@@ -404,7 +404,7 @@ class _Search:
         hidden = hidden.select(open_)
         batch = Boxes(batch.lower[open_], batch.upper[open_], batch.alive[open_],
                       torch.where(batch.alive[open_], disj_lb, torch.inf).amin(1),
-                      pack_hidden(hidden))
+                      pack_hidden(hidden, int(open_.sum())))
         cex = self._corner_candidates(batch, coef, row_lb)
         if cex is None and iteration % self.options.attack_every == 0:
             cex = self._box_attack(batch)

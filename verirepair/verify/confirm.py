@@ -14,12 +14,18 @@ from verirepair.spec_types import SpecCase
 from verirepair.verify.types import Counterexample
 
 
-def float32_inside(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray | None:
-    """float32 values near ``x`` inside [lower, upper] (float64 comparison), or None."""
+def float32_inside(x: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                   strict_lower: np.ndarray | None = None,
+                   strict_upper: np.ndarray | None = None) -> np.ndarray | None:
+    """float32 values near ``x`` inside [lower, upper] (float64 comparison; strictly
+    inside where a bound is strict), or None."""
     x32 = np.clip(np.asarray(x, dtype=np.float64), lower, upper).astype(np.float32)
+    s_lo = np.zeros(lower.shape, bool) if strict_lower is None else strict_lower
+    s_hi = np.zeros(upper.shape, bool) if strict_upper is None else strict_upper
     for _ in range(4):
-        low = x32.astype(np.float64) < lower
-        high = x32.astype(np.float64) > upper
+        x64 = x32.astype(np.float64)
+        low = (x64 < lower) | (s_lo & (x64 == lower))
+        high = (x64 > upper) | (s_hi & (x64 == upper))
         if not (low.any() or high.any()):
             return x32
         x32 = np.where(low, np.nextafter(x32, np.float32(np.inf)), x32)
@@ -39,8 +45,9 @@ def satisfied_disjunct(case: SpecCase, y: np.ndarray) -> int | None:
 def confirm(network: Network, case: SpecCase, case_index: int, x: np.ndarray,
             session=None) -> Counterexample | None:
     """Re-check a candidate input in onnxruntime; a Counterexample only if it is real."""
-    x32 = float32_inside(x, case.box.lower, case.box.upper)
-    if x32 is None:
+    box = case.box
+    x32 = float32_inside(x, box.lower, box.upper, box.strict_lower, box.strict_upper)
+    if x32 is None or not box.contains(x32):
         return None
     y = run_onnxruntime(network, x32[None, :], session=session)[0]
     k = satisfied_disjunct(case, y)
