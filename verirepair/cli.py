@@ -92,6 +92,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.result_file:
         _write_result_file(args.result_file, result, agreed)
     _print_check(args, result, args.cross_check, second, agreed)
+    if result.verdict is Verdict.HOLDS and not engines[0].sound and second is None:
+        print(f"note: engine {engines[0].name} is not sound (its 'holds' is not a proof); "
+              f"add --cross-check bab for one", file=sys.stderr)
     if agreed is Agreement.DISAGREE:
         print(f"error: ENGINES DISAGREE: {result.engine} says {result.verdict.value}, "
               f"{second.engine} says {second.verdict.value}; this is a bug in verirepair "
