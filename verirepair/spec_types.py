@@ -32,11 +32,17 @@ class Box:
     def dim(self) -> int:
         return int(self.lower.shape[0])
 
-    def contains(self, x: np.ndarray) -> bool:
+    def outside(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per input: (not above the lower bound, not below the upper bound), honouring
+        strict bounds (a value on a strict bound is outside; NaN is outside)."""
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         above = (x > self.lower) | ((x == self.lower) & ~_flags(self.strict_lower, x))
         below = (x < self.upper) | ((x == self.upper) & ~_flags(self.strict_upper, x))
-        return bool(np.all(above) and np.all(below))
+        return ~above, ~below
+
+    def contains(self, x: np.ndarray) -> bool:
+        low, high = self.outside(x)
+        return not bool(low.any() or high.any())
 
 
 def _flags(strict: np.ndarray | None, like: np.ndarray) -> np.ndarray:

@@ -300,12 +300,6 @@ def _qp_patch(prob: _Problem, rows: BoxRows, eps: np.ndarray, options: RepairOpt
 STALL_PATIENCE = 2  # split rounds without a new minimum of conflicts before giving up
 
 
-def _no_new_minimum(counts: list[int]) -> bool:
-    """None of the last ``STALL_PATIENCE`` counts set a new minimum."""
-    return (len(counts) > STALL_PATIENCE
-            and min(counts[-STALL_PATIENCE:]) >= min(counts[:-STALL_PATIENCE]))
-
-
 LOCALIZED_SHORT_SHARE = 0.2  # a localised set that leaves this share of rows short is too small
 
 
@@ -324,7 +318,9 @@ def _stalled(prob: _Problem) -> bool:
     round in the last ``STALL_PATIENCE`` set a new minimum the conflict is real (not every
     decision can be kept) and decisions are penalised instead. (Patience 1 stopped N4,7 at
     12 -> 13 conflicts: 99.45 % agreement instead of 99.89 %.)"""
-    return _no_new_minimum(prob.conflicts)
+    c = prob.conflicts
+    return (len(c) > STALL_PATIENCE
+            and min(c[-STALL_PATIENCE:]) >= min(c[:-STALL_PATIENCE]))
 
 
 def _search_patch(method: str) -> Callable[..., QPOutcome]:
@@ -377,9 +373,8 @@ def _solve(prob: _Problem, options: RepairOptions, report: RepairReport, start: 
     """Patch with penalised box shortfall: split the boxes that fall short and solve
     again (for every patcher: a search that finds no feasible candidate marks the rows it
     could not reach); grow eps when float32 rounding breaks a box row. With
-    ``give_up_on_stall`` (a localised parameter set) stop once the number of short boxes
-    sets no new minimum for ``STALL_PATIENCE`` rounds: the set is too small, not the
-    boxes too coarse. Returns float32-exact (W, b)."""
+    ``give_up_on_stall`` (a localised parameter set) stop when :func:`_set_too_small`
+    says the set, not the boxes, is the problem. Returns float32-exact (W, b)."""
     last = prob.network.net.layers[-1]
     grow = 1.0
     splits = 0
@@ -472,11 +467,10 @@ def repair(network_path: str | Path, target_spec_paths: list[str | Path],
         check_compatible(network, spec)
     last_layer_initializers(network)  # unsupported last layer: clear error up front
     _check_domain(options, network.n_inputs)
-    _check_repairable(specs, [str(p) for p in list(target_spec_paths)
-                              + list(preserve_spec_paths)])
+    paths = [str(p) for p in list(target_spec_paths) + list(preserve_spec_paths)]
+    _check_repairable(specs, paths)
     report = RepairReport(model=str(network_path), output=None)
     roles = ["target"] * len(targets) + ["preserve"] * len(preserves)
-    paths = [str(p) for p in list(target_spec_paths) + list(preserve_spec_paths)]
     before = _verify_all(network, specs, min(_deadline_left(start, budget_s) / 4, 60.0))
     report.properties = [PropertyReport(p, r, v.value, seconds_before=round(t, 3))
                          for p, r, (v, t, _) in zip(paths, roles, before)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from verirepair.network import Network, run_onnxruntime
-from verirepair.spec_types import SpecCase
+from verirepair.spec_types import Box, SpecCase
 from verirepair.verify.types import Counterexample
 
 
@@ -19,13 +19,10 @@ def float32_inside(x: np.ndarray, lower: np.ndarray, upper: np.ndarray,
                    strict_upper: np.ndarray | None = None) -> np.ndarray | None:
     """float32 values near ``x`` inside [lower, upper] (float64 comparison; strictly
     inside where a bound is strict), or None."""
+    box = Box(lower, upper, strict_lower, strict_upper)
     x32 = np.clip(np.asarray(x, dtype=np.float64), lower, upper).astype(np.float32)
-    s_lo = np.zeros(lower.shape, bool) if strict_lower is None else strict_lower
-    s_hi = np.zeros(upper.shape, bool) if strict_upper is None else strict_upper
     for _ in range(4):
-        x64 = x32.astype(np.float64)
-        low = (x64 < lower) | (s_lo & (x64 == lower))
-        high = (x64 > upper) | (s_hi & (x64 == upper))
+        low, high = box.outside(x32)
         if not (low.any() or high.any()):
             return x32
         x32 = np.where(low, np.nextafter(x32, np.float32(np.inf)), x32)
@@ -47,7 +44,7 @@ def confirm(network: Network, case: SpecCase, case_index: int, x: np.ndarray,
     """Re-check a candidate input in onnxruntime; a Counterexample only if it is real."""
     box = case.box
     x32 = float32_inside(x, box.lower, box.upper, box.strict_lower, box.strict_upper)
-    if x32 is None or not box.contains(x32):
+    if x32 is None:
         return None
     y = run_onnxruntime(network, x32[None, :], session=session)[0]
     k = satisfied_disjunct(case, y)
