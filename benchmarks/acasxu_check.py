@@ -3,8 +3,9 @@
 
     python benchmarks/acasxu_check.py --jobs 2
 
-Every instance runs in a worker process (started once, fed one instance at a time):
-``load_network`` + ``load_spec`` + ``verify(..., VerifyOptions(timeout=t))``, timed with
+Every instance runs in a worker process of ``verirepair.batch`` (the pool behind
+``verirepair batch``; started once, fed one instance at a time): ``load_network`` +
+``load_spec`` + ``verify(..., VerifyOptions(timeout=t))``, timed with
 ``time.perf_counter`` (loading included). The parent compares each verdict with
 ``expected_results.csv`` and re-checks every ``violated`` answer on its own: the
 counterexample must lie in an input box of the spec and the onnxruntime output of the
@@ -22,8 +23,6 @@ import csv
 import datetime as _dt
 import importlib.metadata
 import math
-import multiprocessing as mp
-import multiprocessing.connection as mpc
 import os
 import platform
 import re
@@ -32,7 +31,6 @@ import signal
 import statistics
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,12 +40,6 @@ OWN_PROPS = REPO_ROOT / "properties" / "acasxu"
 CSV_COLUMNS = ["onnx", "vnnlib", "expected", "verdict", "status", "seconds", "boxes",
                "reason"]
 SOLVED = ("holds", "violated")
-
-# A worker that overruns its instance's timeout by this much is killed and replaced (the
-# verifier is expected to honour its own deadline; this only keeps a hang from stalling
-# the whole run).
-HARD_KILL_FACTOR = 1.25
-HARD_KILL_GRACE_S = 30.0
 
 
 # --------------------------------------------------------------------------- instances
@@ -160,168 +152,26 @@ def nnenum_times(bench: Path) -> dict[tuple[str, str], tuple[str, float]]:
     return out
 
 
-# --------------------------------------------------------------------------- worker
-
-def _worker_main(conn, set_single_thread: bool) -> None:
-    """Worker process: import once, then verify the instances the parent sends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    if set_single_thread:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ.setdefault(var, "1")
-    try:
-        import torch
-
-        if set_single_thread:
-            torch.set_num_threads(1)
-        from verirepair.network import load_network
-        from verirepair.spec import load_spec
-        from verirepair.verify.engine import VerifyOptions, verify
-    except BaseException as exc:  # noqa: BLE001 - report and die
-        conn.send({"fatal": f"{type(exc).__name__}: {exc}"})
-        return
-    conn.send({"ready": os.getpid()})
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:
-            return
-        if task is None:
-            return
-        task_id, onnx_path, vnnlib_path, timeout = task
-        reply: dict = {"task": task_id}
-        start = time.perf_counter()
-        try:
-            network = load_network(onnx_path)
-            spec = load_spec(vnnlib_path)
-            result = verify(network, spec, VerifyOptions(timeout=timeout))
-            reply["seconds"] = time.perf_counter() - start
-            reply["verdict"] = result.verdict.value
-            reply["reason"] = result.reason or ""
-            reply["boxes"] = int(result.stats.boxes)
-            cex = result.counterexample
-            if cex is not None:
-                reply["cex"] = {"x": [float(v) for v in cex.x.reshape(-1)],
-                                "y": [float(v) for v in cex.y.reshape(-1)],
-                                "case": int(cex.case_index),
-                                "disjunct": int(cex.disjunct_index)}
-        except Exception as exc:  # noqa: BLE001 - one instance must not end the run
-            reply["seconds"] = time.perf_counter() - start
-            reply["verdict"] = "error"
-            last = traceback.extract_tb(exc.__traceback__)[-1:]
-            where = f" at {Path(last[0].filename).name}:{last[0].lineno}" if last else ""
-            reply["reason"] = f"{type(exc).__name__}: {exc}{where}"
-        conn.send(reply)
-
-
-class Worker:
-    def __init__(self, ctx, set_single_thread: bool) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child, set_single_thread),
-                                daemon=True)
-        self.proc.start()
-        child.close()
-        self.ready = False
-        self.task: Instance | None = None
-        self.dispatched = 0.0
-
-    def send(self, inst: Instance) -> None:
-        self.task = inst
-        self.dispatched = time.perf_counter()
-        self.conn.send((inst.index, str(inst.onnx_path), str(inst.vnnlib_path),
-                        inst.timeout))
-
-    def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(timeout=5)
-        self.conn.close()
-
-    def stop(self) -> None:
-        try:
-            self.conn.send(None)
-        except (OSError, BrokenPipeError):
-            pass
-        self.proc.join(timeout=5)
-        if self.proc.is_alive():
-            self.kill()
-        else:
-            self.conn.close()
-
+# --------------------------------------------------------------------------- workers
 
 def run_pool(instances: list[Instance], jobs: int, on_done) -> None:
-    """Run every instance on ``jobs`` workers, longest expected first; calls
-    ``on_done(Outcome)`` in the parent as each finishes. A worker that dies or overruns
-    its deadline by far is killed (by pid) and replaced; its instance counts as unsolved."""
-    ctx = mp.get_context("spawn")
-    single = jobs > 1
+    """Run every instance with ``verirepair.batch.run_pool`` (the worker pool behind
+    ``verirepair batch``), longest expected first; ``on_done(Outcome)`` as each finishes."""
+    from verirepair.batch import BatchTask, WorkerStartError
+    from verirepair.batch import run_pool as batch_pool
+
+    by_index = {inst.index: inst for inst in instances}
     queue = sorted(instances, key=lambda inst: (-inst.estimate, inst.index))
-    workers = [Worker(ctx, single) for _ in range(min(jobs, len(queue)))]
-    remaining = len(queue)
+    tasks = [BatchTask(i.index, i.onnx, i.vnnlib, i.onnx_path, i.vnnlib_path, i.timeout)
+             for i in queue]
 
-    def handle(w: Worker, msg: dict) -> None:
-        nonlocal remaining
-        if "fatal" in msg:
-            raise SystemExit(f"acasxu_check: worker failed to start: {msg['fatal']}")
-        if "ready" in msg:
-            w.ready = True
-            return
-        inst, w.task = w.task, None
-        remaining -= 1
-        on_done(Outcome(inst, msg["verdict"], float(msg["seconds"]), msg.get("boxes"),
-                        msg.get("reason", ""), cex=msg.get("cex")))
-
-    def receive(w: Worker) -> None:
-        """Handle every message already waiting on ``w``'s pipe."""
-        while True:
-            try:
-                if not w.conn.poll():
-                    return
-                msg = w.conn.recv()
-            except (EOFError, OSError):
-                return
-            handle(w, msg)
-
+    def done(o) -> None:
+        on_done(Outcome(by_index[o.task.index], o.verdict, o.seconds, o.boxes, o.reason,
+                        cex=o.cex))
     try:
-        while remaining:
-            for w in workers:
-                if w.ready and w.task is None and queue:
-                    w.send(queue.pop(0))
-            mpc.wait([w.conn for w in workers] + [w.proc.sentinel for w in workers],
-                     timeout=1.0)
-            for w in workers:
-                receive(w)
-            now = time.perf_counter()
-            for i, w in enumerate(workers):
-                dead = not w.proc.is_alive()
-                if dead:
-                    receive(w)  # a reply may have arrived just before the exit
-                overdue = (w.task is not None and now - w.dispatched
-                           > w.task.timeout * HARD_KILL_FACTOR + HARD_KILL_GRACE_S)
-                if not (dead or overdue):
-                    continue
-                w.kill()
-                if not w.ready:
-                    raise SystemExit(f"acasxu_check: worker {w.proc.pid} died at start "
-                                     f"(exit code {w.proc.exitcode})")
-                if w.task is not None:
-                    inst, elapsed = w.task, now - w.dispatched
-                    w.task = None
-                    remaining -= 1
-                    if dead:
-                        on_done(Outcome(inst, "error", elapsed, None, "worker process died "
-                                        f"(exit code {w.proc.exitcode})"))
-                    else:
-                        on_done(Outcome(inst, "timeout", elapsed, None,
-                                        f"killed after {elapsed:.0f}s: the verifier "
-                                        f"overran its {inst.timeout:g}s deadline"))
-                if remaining:
-                    workers[i] = Worker(ctx, single)
-    finally:
-        for w in workers:
-            if w.task is None and w.proc.is_alive():
-                w.stop()
-            else:
-                w.kill()
+        batch_pool(tasks, jobs, done)
+    except WorkerStartError as exc:
+        raise SystemExit(f"acasxu_check: {exc}") from None
 
 
 # --------------------------------------------------------------------------- re-check

@@ -1,4 +1,4 @@
-"""Command line: ``verirepair check`` and ``verirepair repair``.
+"""Command line: ``verirepair check``, ``repair``, ``localize`` and ``batch``.
 
 Bad input is reported as one line on stderr with a non-zero exit code, never a traceback.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -409,6 +410,135 @@ def _add_localize_parser(sub) -> None:
     loc.set_defaults(run=_cmd_localize)
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from verirepair import batch
+
+    info = engine_info(args.engine)  # unknown/unavailable engine: one line, exit 2
+    tasks = batch.read_instances(args.instances, args.timeout)
+    expected = batch.read_expected(args.expected) if args.expected else None
+    out = Path(args.output)
+    _check_writable(out)
+    results_dir = Path(args.results_dir) if args.results_dir else None
+    if results_dir is not None:
+        try:
+            results_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputFileError(f"{results_dir}: cannot create the folder: "
+                                 f"{exc.strerror or type(exc).__name__}") from None
+    names = batch.result_file_names(tasks)
+    outcomes: list[batch.BatchOutcome] = []
+
+    def on_done(o: batch.BatchOutcome) -> None:
+        if expected is not None:
+            o.status = batch.judge(o, batch.expected_answer(expected, o.task))
+        outcomes.append(o)
+        if results_dir is not None and o.result_text:
+            write_atomic(results_dir / names[o.task.index], o.result_text)
+        write_atomic(out, batch.results_csv(outcomes, expected))
+        _batch_progress(o, len(outcomes), len(tasks), args.quiet)
+
+    def on_term(signum, frame) -> None:  # SIGTERM (e.g. `timeout`) ends it like Ctrl-C
+        raise KeyboardInterrupt
+
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    interrupted = False
+    try:
+        batch.run_pool(tasks, args.jobs, on_done, args.engine)
+    except KeyboardInterrupt:
+        interrupted = True
+    except batch.WorkerStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(_batch_summary(outcomes, len(tasks), expected is not None, out))
+    if not info.sound and any(o.verdict == "holds" for o in outcomes):
+        print(f"note: engine {info.name} is not sound (its 'holds' is not a proof)",
+              file=sys.stderr)
+    return _batch_exit(outcomes, interrupted)
+
+
+def _batch_progress(o, done: int, total: int, quiet: bool) -> None:
+    """One stderr line per finished instance; a wrong answer is never quiet."""
+    tag = f"{o.task.onnx} {o.task.vnnlib}"
+    if o.status == "wrong":
+        print(f"error: WRONG ANSWER on {tag} (line {o.task.line}): {o.verdict}, the known "
+              "answer differs; this is a bug in verirepair (please report it)",
+              file=sys.stderr, flush=True)
+    elif not quiet:
+        extra = f" ({o.reason})" if o.verdict == "error" else ""
+        print(f"[{done}/{total}] {tag}: {o.verdict} {o.seconds:.2f} s{extra}",
+              file=sys.stderr, flush=True)
+
+
+def _batch_summary(outcomes: list, total: int, judged: bool, out: Path) -> str:
+    from statistics import median
+
+    from verirepair.batch import VERDICTS
+
+    counts = ", ".join(f"{v} {sum(o.verdict == v for o in outcomes)}" for v in VERDICTS)
+    times = [o.seconds for o in outcomes]
+    lines = [f"{len(outcomes)} of {total} instances: {counts}",
+             f"time: sum {sum(times):.2f} s, median "
+             f"{median(times) if times else 0.0:.2f} s"]
+    if judged:
+        lines.append("known answers: " + ", ".join(
+            f"{s} {sum(o.status == s for o in outcomes)}"
+            for s in ("correct", "wrong", "unsolved", "unchecked")))
+    return "\n".join(lines + [f"results: {out}"])
+
+
+def _batch_exit(outcomes: list, interrupted: bool) -> int:
+    """130 interrupted; 1 a wrong answer or an internal error; 2 an instance with bad
+    input; else 0 (whatever the verdicts)."""
+    if interrupted:
+        return 130
+    if any(o.status == "wrong" or o.error_kind == "internal" for o in outcomes):
+        return EXIT_INTERNAL
+    if any(o.error_kind == "input" for o in outcomes):
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _add_batch_parser(sub) -> None:
+    bat = sub.add_parser(
+        "batch", help="check every instance of a VNN-COMP instances CSV",
+        description="Run `check` on every row (onnx,vnnlib,timeout; paths relative to the "
+                    "CSV) in parallel worker processes; write a results CSV after every "
+                    "instance and, with --results-dir, one VNN-COMP result file each.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 every instance ran (whatever its verdict), 2 bad input (the "
+               "CSV, or an instance's model/property: see its row), 1 a wrong answer "
+               "against --expected or an internal error, 130 interrupted (the CSV holds "
+               "what finished)")
+    bat.add_argument("instances", help="instances CSV: onnx,vnnlib,timeout per row")
+    bat.add_argument("-o", "--output", required=True, help="results CSV to write")
+    bat.add_argument("--results-dir", metavar="DIR",
+                     help="also write a VNN-COMP result file per instance here")
+    bat.add_argument("--expected", metavar="CSV",
+                     help="known answers (onnx,vnnlib,expected: holds/violated or "
+                          "unsat/sat); adds expected and status columns, and a wrong "
+                          "answer makes the exit code 1")
+    bat.add_argument("--timeout", type=_seconds, default=None,
+                     help="seconds per instance (default: the CSV's timeout column)")
+    bat.add_argument("--jobs", type=_count(1), default=_usable_cores(),
+                     help="worker processes (default: the usable cores; each worker uses "
+                          "one torch thread when there are several)")
+    bat.add_argument("--engine", choices=sorted(ENGINES), default="bab",
+                     help="verification engine (default bab)")
+    bat.add_argument("--quiet", action="store_true", help="no per-instance lines on stderr")
+    bat.set_defaults(run=_cmd_batch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="verirepair",
@@ -443,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_cmd_check)
     _add_repair_parser(sub)
     _add_localize_parser(sub)
+    _add_batch_parser(sub)
     return parser
 
 

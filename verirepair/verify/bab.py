@@ -426,8 +426,8 @@ class _Search:
             self.stats.seconds = self.deadline.elapsed()
             self.progress(self.stats, queue_len)
 
-    def run(self) -> Result:
-        cex = self._initial_attack()
+    def run(self, initial_attack: bool = True) -> Result:
+        cex = self._initial_attack() if initial_attack else None
         if cex is not None:
             return self._result(Verdict.VIOLATED, cex)
         k = self.ct.n_disjuncts
@@ -472,9 +472,26 @@ def _scatter(full: tuple[Tensor, ...], part: tuple[Tensor, ...], mask: Tensor
 
 def verify_case(network: Network, layers: Layers, case: SpecCase, case_index: int,
                 deadline: Deadline, options: BabOptions = BabOptions(),
-                progress: Progress | None = None, session=None) -> Result:
-    """Decide one spec case with branch and bound (see module docstring)."""
+                progress: Progress | None = None, session=None,
+                initial_attack: bool = True) -> Result:
+    """Decide one spec case with branch and bound (see module docstring).
+    ``initial_attack=False`` skips the opening random/PGD attack (the caller already ran
+    :func:`attack_case` on this case with the same options)."""
     search = _Search(network, layers, case, case_index, deadline, options, progress, session)
     with torch.no_grad():
-        return search.run()
+        return search.run(initial_attack)
+
+
+def attack_case(network: Network, layers: Layers, case: SpecCase, case_index: int,
+                deadline: Deadline, options: BabOptions = BabOptions(), session=None
+                ) -> Result:
+    """Only the opening attack of :func:`verify_case` (random samples, then PGD): VIOLATED
+    with an onnxruntime-confirmed counterexample, else UNKNOWN. Cheap; lets a caller try
+    every case before it spends the deadline proving any one of them."""
+    search = _Search(network, layers, case, case_index, deadline, options, None, session)
+    with torch.no_grad():
+        cex = search._initial_attack()
+    if cex is not None:
+        return search._result(Verdict.VIOLATED, cex)
+    return search._result(Verdict.UNKNOWN, reason="the opening attack found no counterexample")
 

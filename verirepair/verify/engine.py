@@ -1,7 +1,9 @@
 """``verify(network, spec, options) -> Result``: the one entry point for every engine.
 
 Checks that the spec fits the model, runs the chosen engine over every case of the spec
-(one deadline for all), and combines the case results: VIOLATED as soon as one case is
+(one deadline for all; ``bab`` first tries its cheap attack on every case of a
+multi-case spec, so a case that is hard to prove cannot hide an easy counterexample in a
+later one), and combines the case results: VIOLATED as soon as one case is
 violated (with an onnxruntime-confirmed counterexample), HOLDS only if every case holds.
 Engines register in ``ENGINES`` by name as :class:`EngineInfo` (soundness, completeness,
 whether the package it needs imports here, and how to install it).
@@ -21,7 +23,8 @@ from verirepair.errors import MismatchError, VerirepairError
 from verirepair.network import Network, onnx_session, torch_layers
 from verirepair.spec_types import Spec
 from verirepair.verify import marabou_engine
-from verirepair.verify.bab import BabOptions, Deadline, Progress, verify_case
+from verirepair.verify.bab import (BabOptions, Deadline, Progress, attack_case,
+                                   verify_case)
 from verirepair.verify.marabou_engine import MarabouSettings
 from verirepair.verify.types import Result, Stats, Verdict
 from verirepair.verify.z3_engine import MAX_HIDDEN, hidden_neurons, z3_engine
@@ -48,11 +51,17 @@ def _bab_engine(network: Network, spec: Spec, options: VerifyOptions,
     layers = torch_layers(network.net)
     session = onnx_session(network.model)
     total = Stats()
+    attacked = len(spec.cases) > 1
+    if attacked:
+        found = _attack_every_case(network, layers, spec, deadline, options.bab, session,
+                                   total)
+        if found is not None:
+            return found
     worst = Verdict.HOLDS
     reasons: list[str] = []
     for index, case in enumerate(spec.cases):
         result = verify_case(network, layers, case, index, deadline, options.bab, progress,
-                             session)
+                             session, initial_attack=not attacked)
         _accumulate(total, result.stats)
         if result.verdict is Verdict.VIOLATED:
             total.seconds = deadline.elapsed()
@@ -66,6 +75,22 @@ def _bab_engine(network: Network, spec: Spec, options: VerifyOptions,
                 break
     total.seconds = deadline.elapsed()
     return Result(worst, None, reason="; ".join(reasons), engine="bab", stats=total)
+
+
+def _attack_every_case(network: Network, layers, spec: Spec, deadline: Deadline,
+                       options: BabOptions, session, total: Stats) -> Result | None:
+    """The cheap opening attack on every case before branch and bound proves any: with
+    one deadline for all cases, a case that is hard to prove must not hide an easy
+    counterexample in a later one. VIOLATED (stats so far), or None."""
+    for index, case in enumerate(spec.cases):
+        if deadline.expired():
+            return None
+        result = attack_case(network, layers, case, index, deadline, options, session)
+        _accumulate(total, result.stats)
+        if result.verdict is Verdict.VIOLATED:
+            total.seconds = deadline.elapsed()
+            return Result(Verdict.VIOLATED, result.counterexample, engine="bab", stats=total)
+    return None
 
 
 def _accumulate(total: Stats, part: Stats) -> None:

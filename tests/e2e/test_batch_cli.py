@@ -1,0 +1,69 @@
+"""``verirepair batch`` end to end on the demo model: verdicts per row, VNN-COMP result
+files (the counterexample re-checked in onnxruntime), known answers and exit codes."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from test_check_cli import (FAR_IS_COC, MODEL, NEAR_TURN, check_counterexample,
+                            far_is_coc_unsafe, parse_result_file, run_cli)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _instances(folder: Path, *rows: str) -> Path:
+    path = folder / "instances.csv"
+    path.write_text("".join(row + "\n" for row in rows))
+    return path
+
+
+def test_batch_runs_every_row_and_writes_result_files(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.vnnlib"
+    broken.write_text("(declare-const X_0 Real)\n(assert (<= X_0 1.0)\n")
+    inst = _instances(tmp_path, f"{MODEL},{NEAR_TURN},60", f"{MODEL},{FAR_IS_COC},60",
+                      f"{MODEL},broken.vnnlib,60")
+    out, rdir = tmp_path / "results.csv", tmp_path / "results"
+    proc = run_cli("batch", inst, "-o", out, "--results-dir", rdir, "--jobs", "2",
+                   timeout=300)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stderr  # one instance had bad input
+    rows = _rows(out)
+    assert [r["verdict"] for r in rows] == ["holds", "violated", "error"]
+    assert "broken.vnnlib" in rows[2]["reason"]
+    assert "3 of 3 instances: holds 1, violated 1" in proc.stdout
+    files = {p.name: p.read_text() for p in rdir.iterdir()}
+    assert files[f"demo_advisory_{NEAR_TURN.stem}.txt"] == "unsat\n"
+    assert len(files) == 2  # no result file for the error row
+    x, y = parse_result_file(files[f"demo_advisory_{FAR_IS_COC.stem}.txt"])
+    check_counterexample(MODEL, FAR_IS_COC, np.asarray(x), np.asarray(y), far_is_coc_unsafe)
+
+
+def test_a_wrong_known_answer_is_loud_and_exits_1(tmp_path: Path) -> None:
+    inst = _instances(tmp_path, f"{MODEL},{NEAR_TURN},60", f"{MODEL},{FAR_IS_COC},60")
+    answers = tmp_path / "expected.csv"
+    # Right for NEAR_TURN (by file names only), deliberately wrong for FAR_IS_COC.
+    answers.write_text(f"onnx,vnnlib,expected\ndemo_advisory.onnx,{NEAR_TURN.name},unsat\n"
+                       f"{MODEL},{FAR_IS_COC},holds\n")
+    out = tmp_path / "results.csv"
+    proc = run_cli("batch", inst, "-o", out, "--expected", answers, "--jobs", "1",
+                   "--quiet", timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "WRONG ANSWER" in proc.stderr and FAR_IS_COC.name in proc.stderr
+    assert [(r["expected"], r["status"]) for r in _rows(out)] == [
+        ("holds", "correct"), ("holds", "wrong")]
+    assert "known answers: correct 1, wrong 1" in proc.stdout
+
+
+def test_a_bad_instances_file_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    inst = _instances(tmp_path, f"{MODEL},{NEAR_TURN},60", f"{MODEL},missing.vnnlib,60")
+    out = tmp_path / "results.csv"
+    proc = run_cli("batch", inst, "-o", out)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "instances.csv:2" in proc.stderr
+    assert not out.exists()
