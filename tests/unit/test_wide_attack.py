@@ -1,0 +1,54 @@
+"""The wide attack of a long branch-and-bound search: due at 1x, 2x, 4x ... the first
+mark, sized by the time searched so far, capped for wide networks, and its finds are
+confirmed counterexamples like every other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from verirepair.network import load_network, onnx_session, torch_layers
+from verirepair.spec import load_spec
+from verirepair.verify.bab import BabOptions, Deadline, _Search
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "demo_advisory.onnx"
+VIOLATED = ROOT / "properties" / "demo_far_is_coc.vnnlib"
+
+
+def _search(options: BabOptions) -> _Search:
+    network = load_network(MODEL)
+    case = load_spec(VIOLATED).cases[0]
+    return _Search(network, torch_layers(network.net), case, 0, Deadline.after(60), options,
+                   None, onnx_session(network.model))
+
+
+def test_the_wide_attack_waits_for_its_mark_then_doubles_it() -> None:
+    search = _search(BabOptions(wide_attack_after=30.0))
+    assert search._wide_attack_due() is None and search.stats.attack_points == 0
+    search.started -= 31.0  # 31 s into the search
+    cex = search._wide_attack_due()
+    assert search.next_wide_attack == 60.0
+    n = search._wide_attack_starts(31.0)
+    assert search.stats.attack_points == n * search.options.wide_attack_steps
+    assert cex is not None  # the demo property is violated on a large part of its box
+    box = search.case.box
+    assert np.all(box.lower <= cex.x) and np.all(cex.x <= box.upper)
+    assert search._wide_attack_due() is None  # next one at 60 s
+
+
+def test_the_start_count_grows_with_time_and_is_capped_by_the_network_width() -> None:
+    search = _search(BabOptions(wide_attack_rate=100.0, wide_attack_work=1e5))
+    width = search.ct.lower.shape[0] + sum(search.widths)
+    assert search._wide_attack_starts(2.0) == 200
+    assert search._wide_attack_starts(1e9) == int(1e5 / width)
+    assert search._wide_attack_starts(0.0) == 1
+
+
+@pytest.mark.parametrize("after, rate", [(0.0, 512.0), (2.0, 0.0)])
+def test_the_wide_attack_can_be_switched_off(after: float, rate: float) -> None:
+    search = _search(BabOptions(wide_attack_after=after, wide_attack_rate=rate))
+    search.started -= 1000.0
+    assert search._wide_attack_due() is None and search.stats.attack_points == 0
