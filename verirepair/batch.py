@@ -36,9 +36,13 @@ HARD_KILL_GRACE_S = 30.0
 
 VERDICTS = ("holds", "violated", "unknown", "timeout", "error")
 SOLVED = ("holds", "violated")
-# Known-answer words: ours and the VNN-COMP result words.
+# Known-answer words: ours and the VNN-COMP result words; the NO_ANSWER words mean that
+# no answer is known. Any other word is refused (a typo must not silently drop a row).
 EXPECTED_WORDS = {"holds": "holds", "unsat": "holds", "violated": "violated",
                   "sat": "violated"}
+NO_ANSWER_WORDS = ("unknown", "timeout", "error", "")
+# A worker that has not imported its modules after this long is stuck.
+START_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ def _rows(path: Path) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         raise InputFileError(f"{path}: file not found")
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             return [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(fh), 1)
                     if row and any(c.strip() for c in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -131,31 +135,56 @@ def read_instances(path: Path | str, timeout: float | None = None) -> list[Batch
 
 def read_expected(path: Path | str) -> dict[tuple[str, str], str]:
     """Known answers ``(onnx, vnnlib) -> holds | violated`` from an ``onnx,vnnlib,expected``
-    CSV (``sat``/``unsat`` accepted; other words, e.g. ``unknown``, mean no known answer).
-    The names must be written as in the instances CSV."""
+    CSV (``sat``/``unsat`` accepted; ``unknown``, ``timeout``, ``error`` or an empty cell
+    mean no known answer; any other word, or two different answers for one pair, is an
+    error naming the line)."""
     path = Path(path)
     out: dict[tuple[str, str], str] = {}
     for line, cells in _rows(path):
         if _is_header(cells):
             continue
+        where = f"{path}:{line}"
         if len(cells) < 3:
-            raise InputFileError(f"{path}:{line}: expected 'onnx,vnnlib,expected'")
-        word = EXPECTED_WORDS.get(cells[2].lower())
-        if word is not None:
-            out[(cells[0], cells[1])] = word
+            raise InputFileError(f"{where}: expected 'onnx,vnnlib,expected'")
+        text = cells[2].lower()
+        if text in NO_ANSWER_WORDS:
+            continue
+        word = EXPECTED_WORDS.get(text)
+        if word is None:
+            raise InputFileError(f"{where}: unknown answer '{cells[2]}' (expected holds, "
+                                 "violated, sat, unsat or unknown)")
+        key = (cells[0], cells[1])
+        if out.get(key, word) != word:
+            raise InputFileError(f"{where}: {cells[0]},{cells[1]} has two different "
+                                 "answers")
+        out[key] = word
     return out
 
 
+def _parts(name: str) -> tuple[str, ...]:
+    """The components of a path as written, without '.' entries."""
+    return tuple(p for p in Path(name).parts if p != ".")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two spellings may name the same file: one's components end the other's
+    (``acasxu/net.onnx`` and ``/data/acasxu/net.onnx``; not ``mnist/net.onnx`` and
+    ``cifar/net.onnx``)."""
+    pa, pb = _parts(a), _parts(b)
+    n = min(len(pa), len(pb))
+    return n > 0 and pa[-n:] == pb[-n:]
+
+
 def expected_answer(expected: dict[tuple[str, str], str], task: BatchTask) -> str | None:
-    """The known answer of ``task``: by the names as written, else by the file names
-    alone when exactly one known pair has them (an instances CSV and an answers CSV may
-    spell the folders differently)."""
+    """The known answer of ``task``: by the names as written, else from the one known pair
+    whose paths match the task's up to a leading folder prefix (see :func:`_same_file`;
+    an instances CSV and an answers CSV may root their paths differently). Several
+    matching pairs: no known answer."""
     if (task.onnx, task.vnnlib) in expected:
         return expected[(task.onnx, task.vnnlib)]
-    key = (Path(task.onnx).name, Path(task.vnnlib).name)
-    found = {word for (onnx, vnnlib), word in expected.items()
-             if (Path(onnx).name, Path(vnnlib).name) == key}
-    return found.pop() if len(found) == 1 else None
+    found = [word for (onnx, vnnlib), word in expected.items()
+             if _same_file(onnx, task.onnx) and _same_file(vnnlib, task.vnnlib)]
+    return found[0] if len(found) == 1 else None
 
 
 def judge(outcome: BatchOutcome, expected: str | None) -> str:
@@ -244,11 +273,21 @@ class _Worker:
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_worker_main, args=(child, single_thread, engine),
                                 daemon=True)
-        self.proc.start()
+        # The child inherits an ignored SIGINT, so Ctrl-C during its imports (before it
+        # ignores SIGINT itself) cannot print its traceback; the parent handles Ctrl-C.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.proc.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
         child.close()
+        self.started = time.perf_counter()
         self.ready = False
         self.task: BatchTask | None = None
         self.dispatched = 0.0
+
+    def stuck_at_start(self, now: float) -> bool:
+        return not self.ready and now - self.started > START_TIMEOUT_S
 
     def send(self, task: BatchTask) -> None:
         self.task = task
@@ -320,6 +359,9 @@ class _Pool:
             w.ready = True
             return
         task, w.task = w.task, None
+        if task is None or msg.get("task") != task.index:
+            raise RuntimeError(f"batch: a worker answered for task {msg.get('task')} "
+                               f"while running {None if task is None else task.index}")
         self.remaining -= 1
         self.on_done(_outcome(task, msg))
 
@@ -340,6 +382,10 @@ class _Pool:
             dead = not w.proc.is_alive()
             if dead:
                 self._receive(w)  # a reply may have arrived just before the exit
+            if w.stuck_at_start(now):
+                w.kill()
+                raise WorkerStartError(f"worker {w.proc.pid} did not start within "
+                                       f"{START_TIMEOUT_S:g} s")
             if not (dead or w.overdue(now)):
                 continue
             w.kill()
@@ -413,7 +459,17 @@ def result_file_names(tasks: list[BatchTask]) -> dict[int, str]:
         return base
 
     names = {t.index: f"{stem(t.onnx)}_{stem(t.vnnlib)}" for t in tasks}
-    taken: dict[str, int] = {}
+    count: dict[str, int] = {}
     for name in names.values():
-        taken[name] = taken.get(name, 0) + 1
-    return {i: (f"{n}_{i}" if taken[n] > 1 else n) + ".txt" for i, n in names.items()}
+        count[name] = count.get(name, 0) + 1
+    used = {n for n in names.values() if count[n] == 1}
+    out: dict[int, str] = {}
+    for i, name in names.items():
+        if count[name] > 1:  # a shared name gets the position, then more if still taken
+            candidate = f"{name}_{i}"
+            while candidate in used:
+                candidate += f"_{i}"
+            name = candidate
+        used.add(name)
+        out[i] = name + ".txt"
+    return out

@@ -418,24 +418,28 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     expected = batch.read_expected(args.expected) if args.expected else None
     out = Path(args.output)
     _check_writable(out)
+    for given in (args.instances, args.expected):
+        if given and out.exists() and out.resolve() == Path(given).resolve():
+            raise InputFileError(f"{out}: refusing to overwrite an input CSV")
     results_dir = Path(args.results_dir) if args.results_dir else None
-    if results_dir is not None:
-        try:
-            results_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputFileError(f"{results_dir}: cannot create the folder: "
-                                 f"{exc.strerror or type(exc).__name__}") from None
     names = batch.result_file_names(tasks)
+    if expected is not None and not any(batch.expected_answer(expected, t) for t in tasks):
+        print(f"note: {args.expected} has no answer for any instance of {args.instances}",
+              file=sys.stderr)
     outcomes: list[batch.BatchOutcome] = []
+    # Before any work: an empty table and an 'unknown' result file per instance, so no
+    # file from an earlier run outlives this one and an unwritable place fails at once.
+    _batch_write(out, batch.results_csv(outcomes, expected))
+    _batch_placeholders(results_dir, names.values())
 
     def on_done(o: batch.BatchOutcome) -> None:
         if expected is not None:
             o.status = batch.judge(o, batch.expected_answer(expected, o.task))
         outcomes.append(o)
-        if results_dir is not None and o.result_text:
-            write_atomic(results_dir / names[o.task.index], o.result_text)
-        write_atomic(out, batch.results_csv(outcomes, expected))
         _batch_progress(o, len(outcomes), len(tasks), args.quiet)
+        if results_dir is not None and o.result_text:
+            _batch_write(results_dir / names[o.task.index], o.result_text)
+        _batch_write(out, batch.results_csv(outcomes, expected))
 
     def on_term(signum, frame) -> None:  # SIGTERM (e.g. `timeout`) ends it like Ctrl-C
         raise KeyboardInterrupt
@@ -458,6 +462,27 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         print(f"note: engine {info.name} is not sound (its 'holds' is not a proof)",
               file=sys.stderr)
     return _batch_exit(outcomes, interrupted)
+
+
+def _batch_write(path: Path, text: str) -> None:
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputFileError(f"{path}: cannot write: {reason}") from None
+
+
+def _batch_placeholders(results_dir: Path | None, names) -> None:
+    """``unknown`` in every instance's result file until the instance answers."""
+    if results_dir is None:
+        return
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputFileError(f"{results_dir}: cannot create the folder: "
+                             f"{exc.strerror or type(exc).__name__}") from None
+    for name in names:
+        _batch_write(results_dir / name, "unknown\n")
 
 
 def _batch_progress(o, done: int, total: int, quiet: bool) -> None:
@@ -491,11 +516,13 @@ def _batch_summary(outcomes: list, total: int, judged: bool, out: Path) -> str:
 
 
 def _batch_exit(outcomes: list, interrupted: bool) -> int:
-    """130 interrupted; 1 a wrong answer or an internal error; 2 an instance with bad
-    input; else 0 (whatever the verdicts)."""
+    """1 a wrong answer (even in an interrupted run) or an internal error; 130
+    interrupted; 2 an instance with bad input; else 0 (whatever the verdicts)."""
+    if any(o.status == "wrong" for o in outcomes):
+        return EXIT_INTERNAL
     if interrupted:
         return 130
-    if any(o.status == "wrong" or o.error_kind == "internal" for o in outcomes):
+    if any(o.error_kind == "internal" for o in outcomes):
         return EXIT_INTERNAL
     if any(o.error_kind == "input" for o in outcomes):
         return EXIT_BAD_INPUT

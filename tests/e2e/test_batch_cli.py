@@ -38,7 +38,7 @@ def test_batch_runs_every_row_and_writes_result_files(tmp_path: Path) -> None:
     assert "3 of 3 instances: holds 1, violated 1" in proc.stdout
     files = {p.name: p.read_text() for p in rdir.iterdir()}
     assert files[f"demo_advisory_{NEAR_TURN.stem}.txt"] == "unsat\n"
-    assert len(files) == 2  # no result file for the error row
+    assert files["demo_advisory_broken.txt"] == "unknown\n"  # the error row claims nothing
     x, y = parse_result_file(files[f"demo_advisory_{FAR_IS_COC.stem}.txt"])
     check_counterexample(MODEL, FAR_IS_COC, np.asarray(x), np.asarray(y), far_is_coc_unsafe)
 
@@ -67,3 +67,28 @@ def test_a_bad_instances_file_is_one_line_and_writes_nothing(tmp_path: Path) -> 
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "instances.csv:2" in proc.stderr
     assert not out.exists()
+
+
+def test_no_result_file_of_an_earlier_run_survives(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.vnnlib"
+    broken.write_text("(declare-const X_0 Real)\n(assert (<= X_0 1.0)\n")
+    inst = _instances(tmp_path, f"{MODEL},broken.vnnlib,60")
+    rdir = tmp_path / "results"
+    rdir.mkdir()
+    stale = rdir / "demo_advisory_broken.txt"
+    stale.write_text("unsat\n")  # what an earlier run of a good file said
+    proc = run_cli("batch", inst, "-o", tmp_path / "r.csv", "--results-dir", rdir, "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    assert stale.read_text() == "unknown\n"
+
+
+def test_outputs_that_cannot_be_written_are_one_line_before_any_work(tmp_path: Path) -> None:
+    inst = _instances(tmp_path, f"{MODEL},{NEAR_TURN},60")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for extra in (["-o", inst], ["-o", tmp_path / "r.csv", "--results-dir", a_file / "d"]):
+        proc = run_cli("batch", inst, *extra)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+        assert proc.stderr.strip().count("\n") == 0
+    assert inst.read_text().startswith(str(MODEL))  # the input CSV is untouched

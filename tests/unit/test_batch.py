@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import csv
 import io
+import multiprocessing as mp
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from verirepair import batch
 from verirepair.batch import (BatchOutcome, BatchTask, _lost, expected_answer, judge,
                               read_expected, read_instances, result_file_names,
-                              results_csv)
+                              results_csv, run_pool)
 from verirepair.errors import InputFileError
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "demo_advisory.onnx"
+HOLDS = ROOT / "properties" / "demo_near_turn.vnnlib"
 
 
 def _files(folder: Path, *names: str) -> None:
@@ -71,23 +80,34 @@ def test_a_missing_instances_file_and_a_bad_override(tmp_path: Path) -> None:
 
 
 def test_known_answers_accept_both_vocabularies(tmp_path: Path) -> None:
-    (tmp_path / "e.csv").write_text("onnx,vnnlib,expected\na.onnx,p.vnnlib,unsat\n"
+    (tmp_path / "e.csv").write_text("\ufeffonnx,vnnlib,expected\na.onnx,p.vnnlib,unsat\n"
                                     "a.onnx,q.vnnlib,SAT\nb.onnx,p.vnnlib,violated\n"
-                                    "b.onnx,q.vnnlib,unknown\n")
+                                    "b.onnx,q.vnnlib,unknown\nb.onnx,r.vnnlib,timeout\n"
+                                    "a.onnx,p.vnnlib,holds\n")
     assert read_expected(tmp_path / "e.csv") == {
         ("a.onnx", "p.vnnlib"): "holds", ("a.onnx", "q.vnnlib"): "violated",
         ("b.onnx", "p.vnnlib"): "violated"}
-    (tmp_path / "bad.csv").write_text("a.onnx,p.vnnlib\n")
-    with pytest.raises(InputFileError, match=r"bad.csv:1: expected 'onnx,vnnlib,expected'"):
-        read_expected(tmp_path / "bad.csv")
 
 
-def test_known_answers_fall_back_to_file_names_only_when_unambiguous() -> None:
+@pytest.mark.parametrize("text, message", [
+    ("a.onnx,p.vnnlib\n", r"e.csv:1: expected 'onnx,vnnlib,expected'"),
+    ("a.onnx,p.vnnlib,usnat\n", r"e.csv:1: unknown answer 'usnat'"),
+    ("a.onnx,p.vnnlib,sat\na.onnx,p.vnnlib,unsat\n", r"e.csv:2: .* two different answers"),
+])
+def test_bad_known_answers_name_the_line(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "e.csv").write_text(text)
+    with pytest.raises(InputFileError, match=message):
+        read_expected(tmp_path / "e.csv")
+
+
+def test_known_answers_match_up_to_a_folder_prefix_and_only_one_pair() -> None:
     expected = {("x/a.onnx", "x/p.vnnlib"): "holds", ("y/b.onnx", "p.vnnlib"): "holds",
-                ("z/b.onnx", "p.vnnlib"): "violated"}
+                ("z/b.onnx", "p.vnnlib"): "holds", ("cifar/net.onnx", "q.vnnlib"): "holds"}
     assert expected_answer(expected, _task(0, "x/a.onnx", "x/p.vnnlib")) == "holds"
-    assert expected_answer(expected, _task(0, "/abs/a.onnx", "p.vnnlib")) == "holds"
-    assert expected_answer(expected, _task(0, "b.onnx", "p.vnnlib")) is None  # ambiguous
+    assert expected_answer(expected, _task(0, "/data/x/a.onnx", "./x/p.vnnlib")) == "holds"
+    assert expected_answer(expected, _task(0, "a.onnx", "p.vnnlib")) == "holds"
+    assert expected_answer(expected, _task(0, "b.onnx", "p.vnnlib")) is None  # two pairs
+    assert expected_answer(expected, _task(0, "mnist/net.onnx", "q.vnnlib")) is None
     assert expected_answer(expected, _task(0, "c.onnx", "p.vnnlib")) is None
 
 
@@ -106,6 +126,11 @@ def test_result_file_names_are_unique() -> None:
              _task(2, "a.onnx", "prop_2.vnnlib.gz")]
     assert result_file_names(tasks) == {0: "a_prop_1.txt", 1: "a_prop_2_1.txt",
                                         2: "a_prop_2_2.txt"}
+    # a suffixed name must not take the name of another instance
+    clash = [_task(0, "x.onnx", "y.vnnlib"), _task(1, "x.onnx", "y.vnnlib"),
+             _task(2, "x.onnx", "y_0.vnnlib")]
+    names = result_file_names(clash)
+    assert len(set(names.values())) == 3 and names[2] == "x_y_0.txt"
 
 
 def test_results_table_is_in_instance_order_with_judgement_columns() -> None:
@@ -129,3 +154,58 @@ def test_a_lost_worker_is_an_internal_error_and_an_overrun_a_timeout() -> None:
     assert "exit code -9" in died.reason
     late = _lost(_task(0), 50.0, False, None)
     assert (late.verdict, late.error_kind, late.result_text) == ("timeout", "", "timeout\n")
+
+
+# --------------------------------------------------------------------------- the pool
+
+def _blocking_task(tmp_path: Path, index: int, timeout: float) -> BatchTask:
+    """A task whose property is a FIFO nobody writes: its worker blocks reading it."""
+    fifo = tmp_path / f"blocks_{index}.vnnlib"
+    os.mkfifo(fifo)
+    return BatchTask(index, "demo.onnx", fifo.name, MODEL, fifo, timeout, index + 1)
+
+
+def _demo_task(index: int) -> BatchTask:
+    return BatchTask(index, "demo.onnx", HOLDS.name, MODEL, HOLDS, 60.0, index + 1)
+
+
+def test_an_overrunning_worker_is_killed_and_replaced(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch, "HARD_KILL_GRACE_S", 0.5)
+    outcomes: list[BatchOutcome] = []
+    run_pool([_blocking_task(tmp_path, 0, 0.5), _demo_task(1)], 1, outcomes.append)
+    by_index = {o.task.index: o for o in outcomes}
+    assert by_index[0].verdict == "timeout" and "overran" in by_index[0].reason
+    assert by_index[0].result_text == "timeout\n"
+    assert by_index[1].verdict == "holds"  # on the replacement worker
+
+
+def test_a_dead_worker_is_an_internal_error_and_the_run_goes_on(tmp_path: Path) -> None:
+    blocked = _blocking_task(tmp_path, 0, 300.0)
+    killed = threading.Event()
+
+    def kill_once_reading() -> None:
+        """Wait until the worker has opened the FIFO (it blocks there), then kill it."""
+        for _ in range(1200):
+            try:
+                fd = os.open(blocked.vnnlib_path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no reader yet
+                time.sleep(0.1)
+                continue
+            for child in mp.active_children():
+                child.kill()
+            killed.set()
+            time.sleep(1.0)
+            os.close(fd)
+            return
+
+    watcher = threading.Thread(target=kill_once_reading, daemon=True)
+    watcher.start()
+    outcomes: list[BatchOutcome] = []
+    run_pool([blocked, _demo_task(1)], 1, outcomes.append)
+    watcher.join(timeout=5)
+    assert killed.is_set()
+    by_index = {o.task.index: o for o in outcomes}
+    assert (by_index[0].verdict, by_index[0].error_kind) == ("error", "internal")
+    assert "died" in by_index[0].reason
+    assert by_index[1].verdict == "holds"

@@ -12,6 +12,7 @@ import pytest
 from verirepair.network import load_network
 from verirepair.spec import load_spec
 from verirepair.verify import engine
+from verirepair.verify.confirm import satisfied_disjunct
 from verirepair.verify.engine import VerifyOptions, verify
 from verirepair.verify.types import Result, Stats, Verdict
 
@@ -43,6 +44,22 @@ def test_a_later_easy_counterexample_is_found_though_an_earlier_case_is_hard(
     assert cex.case_index == 1
     box = spec.cases[1].box
     assert np.all(box.lower <= cex.x) and np.all(cex.x <= box.upper)
+    assert satisfied_disjunct(spec.cases[1], cex.y) == cex.disjunct_index
+
+
+def test_a_deadline_spent_in_the_attack_pass_is_a_timeout_not_a_proof(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    network = load_network(MODEL)
+    spec = _joined(HOLDS, HOLDS)
+    monkeypatch.setattr(engine, "attack_case", _attack_until_the_deadline)
+    result = verify(network, spec, VerifyOptions(timeout=0.5))
+    assert result.verdict is Verdict.TIMEOUT
+
+
+def _attack_until_the_deadline(network, layers, case, index, deadline, *args) -> Result:
+    while not deadline.expired():
+        pass
+    return Result(Verdict.UNKNOWN, None, reason="nothing found", engine="bab", stats=Stats())
 
 
 def test_the_attack_pass_does_not_change_the_verdicts() -> None:

@@ -61,15 +61,20 @@ class BabOptions:
     alpha_max_unstable: int = 100  # boxes with more unstable neurons never try (measured:
     # on ACAS Xu they closed < 2% of the time)
     # A search still open after `wide_attack_after` seconds runs a wide PGD attack over
-    # the whole case box (fresh random starts), again after twice that time, and so on,
-    # with `wide_attack_rate` starts per second searched so far (about 7 % extra time on
-    # ACAS Xu; at most `wide_attack_work` / (inputs + hidden neurons) starts). Branch and
-    # bound alone took ~30 s to reach the tiny unsafe region of ACAS Xu N1,9 phi7; 4096
-    # starts x 50 steps reach it in 2 of 3 seeds in ~0.5 s. Cheap instances never pay.
+    # the whole case box (fresh random starts), again at twice the time searched when it
+    # ended, and so on, with `wide_attack_rate` starts per second searched so far (about
+    # 7 % extra time on ACAS Xu). Caps for large networks: starts x (inputs + hidden
+    # neurons) <= `wide_attack_work` (memory), starts x weights <= `wide_attack_weights`
+    # (time; ACAS Xu, 13k weights, reaches it at ~4600 starts), and no attack while the
+    # attacks so far took more than `wide_attack_share` of the search. Branch and bound
+    # alone took ~30 s to reach the tiny unsafe region of ACAS Xu N1,9 phi7; 4096 starts
+    # x 50 steps reach it in 2 of 3 seeds in ~0.5 s. Cheap instances never pay.
     wide_attack_after: float = 2.0
     wide_attack_rate: float = 512.0
     wide_attack_steps: int = 50
     wide_attack_work: float = 2e6
+    wide_attack_weights: float = 6e7
+    wide_attack_share: float = 0.2
     seed: int = 0
 
 
@@ -271,6 +276,8 @@ class _Search:
         self.alpha_gate = AlphaGate.empty()
         self.started = time.monotonic()
         self.next_wide_attack = options.wide_attack_after
+        self.wide_attack_seconds = 0.0
+        self.n_weights = sum(w.numel() for w, _ in layers)
 
     # -- counterexamples ---------------------------------------------------------
     def _confirm(self, cands: falsify.Candidates) -> Counterexample | None:
@@ -303,23 +310,28 @@ class _Search:
     def _wide_attack_starts(self, elapsed: float) -> int:
         opt = self.options
         width = self.ct.lower.shape[0] + sum(self.widths)
-        return max(1, int(min(opt.wide_attack_rate * elapsed, opt.wide_attack_work / width)))
+        cap = min(opt.wide_attack_work / width, opt.wide_attack_weights / self.n_weights)
+        return max(1, int(min(opt.wide_attack_rate * elapsed, cap)))
 
     def _wide_attack_due(self) -> Counterexample | None:
-        """The wide attack (see ``BabOptions.wide_attack_after``) when its time has come:
-        at 1x, 2x, 4x, ... ``wide_attack_after`` seconds into this case's search."""
+        """The wide attack (see ``BabOptions.wide_attack_after``) when its time has come;
+        never once the deadline has passed, and it stops at the deadline."""
         opt = self.options
         elapsed = time.monotonic() - self.started
         if opt.wide_attack_after <= 0 or opt.wide_attack_rate <= 0 \
-                or elapsed < self.next_wide_attack:
+                or elapsed < self.next_wide_attack or self.deadline.expired() \
+                or self.wide_attack_seconds > opt.wide_attack_share * elapsed:
             return None
-        self.next_wide_attack *= 2.0
         n = self._wide_attack_starts(elapsed)
         starts, lo, hi = falsify.random_starts(self.ct.lower[None], self.ct.upper[None], n,
                                                self.gen)
         self.stats.attack_points += n * opt.wide_attack_steps
-        return self._confirm(falsify.pgd_attack(self.layers, self.ct, lo, hi, starts,
-                                                opt.wide_attack_steps))
+        cands = falsify.pgd_attack(self.layers, self.ct, lo, hi, starts,
+                                   opt.wide_attack_steps, stop=self.deadline.expired)
+        ended = time.monotonic() - self.started
+        self.wide_attack_seconds += ended - elapsed
+        self.next_wide_attack = 2.0 * ended
+        return self._confirm(cands)
 
     def _box_attack(self, batch: Boxes) -> Counterexample | None:
         """PGD from the centres of the most promising open boxes."""

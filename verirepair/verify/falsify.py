@@ -8,6 +8,7 @@ original file before calling anything violated.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -50,8 +51,10 @@ def random_attack(layers: Layers, ct: CaseTensors, n_samples: int,
 
 
 def pgd_attack(layers: Layers, ct: CaseTensors, lower: Tensor, upper: Tensor,
-               starts: Tensor, steps: int = 40, limit: int = 16) -> Candidates:
-    """Signed-gradient descent on the margin, one start per row of ``starts``.
+               starts: Tensor, steps: int = 40, limit: int = 16,
+               stop: Callable[[], bool] | None = None) -> Candidates:
+    """Signed-gradient descent on the margin, one start per row of ``starts``; ends early
+    (with what it has) when ``stop()`` says so.
 
     Requires: ``lower``/``upper`` (N, n_in) the box of each start, starts inside them.
     """
@@ -59,6 +62,8 @@ def pgd_attack(layers: Layers, ct: CaseTensors, lower: Tensor, upper: Tensor,
     width = (upper - lower).clamp_min(0)
     best_x, best_m = x.clone(), torch.full((x.shape[0],), torch.inf, dtype=x.dtype)
     for step in range(steps):
+        if stop is not None and step and stop():
+            break
         with torch.enable_grad():
             x.requires_grad_(True)
             y = torch_forward(layers, x)
