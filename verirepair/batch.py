@@ -15,6 +15,7 @@ known answers.
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib
 import math
 import multiprocessing as mp
@@ -73,6 +74,8 @@ class BatchOutcome:
     result_text: str = ""  # the VNN-COMP result file ("" for errors)
     error_kind: str = ""
     status: str = ""  # with known answers: correct | wrong | unsolved | unchecked
+    engine: str = ""  # the engine that answered (recorded in the results table)
+    digest: str = ""  # of the instance's two files (see instance_digest)
 
 
 # --------------------------------------------------------------------------- input
@@ -429,7 +432,23 @@ def run_pool(tasks: list[BatchTask], jobs: int, on_done: Callable[[BatchOutcome]
 
 # --------------------------------------------------------------------------- output
 
-CSV_COLUMNS = ["onnx", "vnnlib", "timeout", "verdict", "seconds", "boxes", "reason"]
+CSV_COLUMNS = ["onnx", "vnnlib", "timeout", "verdict", "seconds", "boxes", "reason",
+               "engine", "digest"]
+
+
+def instance_digest(task: BatchTask) -> str:
+    """A short SHA-256 of the instance's model and property bytes: ``--resume`` keeps a
+    row only for the very files it was computed from."""
+    h = hashlib.sha256()
+    for path in (task.onnx_path, task.vnnlib_path):
+        try:
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as exc:
+            raise InputFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
 def results_csv(outcomes: list[BatchOutcome], with_expected: dict | None) -> str:
@@ -442,16 +461,96 @@ def results_csv(outcomes: list[BatchOutcome], with_expected: dict | None) -> str
     w.writerow(CSV_COLUMNS + (["expected", "status"] if with_expected is not None else []))
     for o in sorted(outcomes, key=lambda o: o.task.index):
         row = [o.task.onnx, o.task.vnnlib, f"{o.task.timeout:g}", o.verdict,
-               f"{o.seconds:.3f}", "" if o.boxes is None else o.boxes, o.reason]
+               f"{o.seconds:.3f}", "" if o.boxes is None else o.boxes, o.reason, o.engine,
+               o.digest]
         if with_expected is not None:
             row += [expected_answer(with_expected, o.task) or "", o.status]
         w.writerow(row)
     return buf.getvalue()
 
 
+# The VNN-COMP word a kept verdict's result file must start with.
+RESULT_WORDS = {"holds": "unsat", "violated": "sat", "unknown": "unknown",
+                "timeout": "timeout"}
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """What ``--resume`` found in an earlier results CSV: the outcomes it keeps (per task
+    index) and how many earlier rows matched no instance of this run."""
+
+    kept: dict[int, BatchOutcome]
+    rows: int
+    unmatched: int
+
+
+def earlier_outcomes(csv_path: Path, tasks: list[BatchTask], engine: str,
+                     digests: dict[int, str], result_files: dict[int, Path] | None
+                     ) -> Earlier:
+    """What ``--resume`` keeps from an earlier run's results CSV: per task index, the row
+    with the same onnx, vnnlib, timeout, engine and file digest whose verdict is not
+    ``error``; when result files are written, only if the task's result file says that
+    verdict (a ``sat`` file carries the counterexample, which the CSV does not)."""
+    if not csv_path.is_file():
+        return Earlier({}, 0, 0)
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputFileError(f"{csv_path}: cannot read the earlier results: {exc}") from None
+    if rows and not set(CSV_COLUMNS) <= set(rows[0]):
+        raise InputFileError(f"{csv_path}: not a results CSV of this `verirepair batch` "
+                             f"(expected the columns {','.join(CSV_COLUMNS)})")
+    by_key = {(r["onnx"], r["vnnlib"], r["timeout"], r["engine"], r["digest"]): r
+              for r in rows}
+    kept: dict[int, BatchOutcome] = {}
+    used: set[tuple] = set()
+    for task in tasks:
+        key = (task.onnx, task.vnnlib, f"{task.timeout:g}", engine, digests[task.index])
+        row = by_key.get(key)
+        if row is None:
+            continue
+        used.add(key)
+        outcome = _kept(row, task, result_files)
+        if outcome is not None:
+            kept[task.index] = outcome
+    return Earlier(kept, len(rows), len(set(by_key) - used))
+
+
+def _kept(row: dict, task: BatchTask, result_files: dict[int, Path] | None
+          ) -> BatchOutcome | None:
+    if row["verdict"] not in RESULT_WORDS:
+        return None
+    text = _kept_result_text(row["verdict"], task, result_files)
+    if text is None:
+        return None
+    try:
+        seconds = float(row["seconds"])
+        boxes = int(row["boxes"]) if row["boxes"] else None
+    except (TypeError, ValueError):
+        return None
+    return BatchOutcome(task, row["verdict"], seconds, boxes, row["reason"] or "",
+                        result_text=text, engine=row["engine"], digest=row["digest"])
+
+
+def _kept_result_text(verdict: str, task: BatchTask,
+                      result_files: dict[int, Path] | None) -> str | None:
+    """The result file text of a kept verdict; None when the file does not say it."""
+    word = RESULT_WORDS[verdict]
+    if result_files is None:
+        return "" if verdict == "violated" else word + "\n"
+    try:
+        text = result_files[task.index].read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return text if text.split("\n", 1)[0].strip() == word else None
+
+
 def result_file_names(tasks: list[BatchTask]) -> dict[int, str]:
-    """A VNN-COMP result file name per task, ``<onnx stem>_<vnnlib stem>.txt``; a name
-    taken twice gets the task's position appended."""
+    """A VNN-COMP result file name per task, ``<onnx stem>_<vnnlib stem>.txt``. Names that
+    different instances share get a short hash of the paths as written (not the row's
+    position: a reordered CSV must not hand one instance another's file); the same
+    instance listed twice shares its file."""
     def stem(name: str) -> str:
         base = Path(name).name
         for suffix in (".gz", ".onnx", ".vnnlib"):
@@ -459,17 +558,14 @@ def result_file_names(tasks: list[BatchTask]) -> dict[int, str]:
         return base
 
     names = {t.index: f"{stem(t.onnx)}_{stem(t.vnnlib)}" for t in tasks}
-    count: dict[str, int] = {}
-    for name in names.values():
-        count[name] = count.get(name, 0) + 1
-    used = {n for n in names.values() if count[n] == 1}
+    owners: dict[str, set[tuple[str, str]]] = {}
+    for t in tasks:
+        owners.setdefault(names[t.index], set()).add((t.onnx, t.vnnlib))
     out: dict[int, str] = {}
-    for i, name in names.items():
-        if count[name] > 1:  # a shared name gets the position, then more if still taken
-            candidate = f"{name}_{i}"
-            while candidate in used:
-                candidate += f"_{i}"
-            name = candidate
-        used.add(name)
-        out[i] = name + ".txt"
+    for t in tasks:
+        name = names[t.index]
+        if len(owners[name]) > 1:
+            tag = hashlib.sha256(f"{t.onnx}\n{t.vnnlib}".encode()).hexdigest()[:8]
+            name = f"{name}_{tag}"
+        out[t.index] = name + ".txt"
     return out

@@ -426,13 +426,24 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     if expected is not None and not any(batch.expected_answer(expected, t) for t in tasks):
         print(f"note: {args.expected} has no answer for any instance of {args.instances}",
               file=sys.stderr)
+    digests = {t.index: batch.instance_digest(t) for t in tasks}
+    kept = _batch_resume(args, out, tasks, digests, names, results_dir)
     outcomes: list[batch.BatchOutcome] = []
-    # Before any work: an empty table and an 'unknown' result file per instance, so no
-    # file from an earlier run outlives this one and an unwritable place fails at once.
+    for o in sorted(kept.values(), key=lambda o: o.task.index):
+        if expected is not None:
+            o.status = batch.judge(o, batch.expected_answer(expected, o.task))
+        outcomes.append(o)
+        if o.status == "wrong":  # a kept wrong answer is as loud as a new one
+            _batch_progress(o, len(outcomes), len(tasks), True)
+    todo = [t for t in tasks if t.index not in kept]
+    # Before any work: the table so far and an 'unknown' result file per instance still
+    # to run, so no file of an earlier run outlives this one, and an unwritable place
+    # fails at once.
     _batch_write(out, batch.results_csv(outcomes, expected))
-    _batch_placeholders(results_dir, names.values())
+    _batch_placeholders(results_dir, [names[t.index] for t in todo])
 
     def on_done(o: batch.BatchOutcome) -> None:
+        o.engine, o.digest = args.engine, digests[o.task.index]
         if expected is not None:
             o.status = batch.judge(o, batch.expected_answer(expected, o.task))
         outcomes.append(o)
@@ -449,7 +460,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, on_term)
     interrupted = False
     try:
-        batch.run_pool(tasks, args.jobs, on_done, args.engine)
+        batch.run_pool(todo, args.jobs, on_done, args.engine)
     except KeyboardInterrupt:
         interrupted = True
     except batch.WorkerStartError as exc:
@@ -462,6 +473,27 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         print(f"note: engine {info.name} is not sound (its 'holds' is not a proof)",
               file=sys.stderr)
     return _batch_exit(outcomes, interrupted)
+
+
+def _batch_resume(args: argparse.Namespace, out: Path, tasks: list, digests: dict,
+                  names: dict, results_dir: Path | None) -> dict:
+    """``--resume``: the outcomes kept from ``out``; refuses (before anything is
+    overwritten) when the file has rows but none belongs to this run."""
+    from verirepair import batch
+
+    if not args.resume:
+        return {}
+    files = {i: results_dir / n for i, n in names.items()} if results_dir else None
+    earlier = batch.earlier_outcomes(out, tasks, args.engine, digests, files)
+    if earlier.rows and earlier.unmatched == earlier.rows:
+        raise InputFileError(f"{out}: --resume: none of its {earlier.rows} rows is an "
+                             "instance of this run (same onnx, vnnlib, timeout, engine and "
+                             "file contents); nothing was changed")
+    dropped = (f"; {earlier.unmatched} earlier row(s) of other instances dropped"
+               if earlier.unmatched else "")
+    print(f"resume: {len(earlier.kept)} of {len(tasks)} instances kept from {out}"
+          f"{dropped}", file=sys.stderr)
+    return earlier.kept
 
 
 def _batch_write(path: Path, text: str) -> None:
@@ -562,6 +594,10 @@ def _add_batch_parser(sub) -> None:
                           "one torch thread when there are several)")
     bat.add_argument("--engine", choices=sorted(ENGINES), default="bab",
                      help="verification engine (default bab)")
+    bat.add_argument("--resume", action="store_true",
+                     help="keep the instances the results CSV (-o) already holds with the "
+                          "same timeout and a verdict other than error (and, with "
+                          "--results-dir, a result file that says it); run the rest")
     bat.add_argument("--quiet", action="store_true", help="no per-instance lines on stderr")
     bat.set_defaults(run=_cmd_batch)
 

@@ -293,21 +293,78 @@ def _to_torch(arr: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(arr, dtype=np.float64))
 
 
+# The lowering holds one dense float64 matrix per segment (inputs x outputs of the
+# segment): a large convolutional layer would need more memory than the machine has and
+# the process would be killed without a word. Instead the model is refused when one
+# operator would hold more than MAX_LOWERED_BYTES at once (the running matrix, its output
+# and the operator's known temporaries) or all segments together more than
+# MAX_LOWERED_TOTAL. (An operator's output size is learned by running it on one row, which
+# is not itself bounded: a hostile attribute such as a huge padding can still exhaust
+# memory there.)
+MAX_LOWERED_BYTES = 2e9
+MAX_LOWERED_TOTAL = 8e9
+
+
+def _conv_columns(names: list, consts: dict, attrs: dict, out_row: Tensor) -> int:
+    """Values per batch row of the im2col buffer torch's CPU convolution may build: every
+    input channel (all groups) times every kernel position, per output position."""
+    w = consts[names[1]]
+    groups = int(attrs.get("group", 1))
+    per_position = int(w.shape[1]) * groups * int(np.prod(tuple(w.shape[2:])))
+    return per_position * int(np.prod(tuple(out_row.shape[2:])))  # (1, C, *spatial)
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e8 else f"{n_bytes:,.0f} bytes"
+
+
+# Values per batch row an operator allocates beyond its output (table; default none).
+TEMPORARIES: dict[str, Callable[[list, dict, dict, Tensor], int]] = {
+    "Conv": _conv_columns}
+
+
 class _Lowering:
     """State of one pass over the graph: constants, the running affine map, segments."""
 
     def __init__(self, source: str, input_name: str, input_shape: tuple[int, ...],
-                 consts: dict[str, np.ndarray]) -> None:
+                 consts: dict[str, np.ndarray], max_bytes: float = MAX_LOWERED_BYTES,
+                 max_total: float = MAX_LOWERED_TOTAL) -> None:
         self.source = source
+        self.max_bytes, self.max_total = max_bytes, max_total
+        self.lin: Tensor | None = None
         self.consts: dict[str, Tensor] = {k: _to_torch(v) for k, v in consts.items()}
         self.dynamic_name = input_name
-        inner = input_shape[1:] if len(input_shape) > 1 else input_shape
-        self._start_segment(tuple(inner))
         self.layers: list[Affine] = []
         self.segments: list[Segment] = []
+        inner = input_shape[1:] if len(input_shape) > 1 else input_shape
+        try:
+            self._start_segment(tuple(inner))
+        except ModelError as exc:
+            raise ModelError(f"{source}: input '{input_name}': {exc}") from None
+
+    def _check_size(self, n_in: int, n_out: int, extra: int = 0) -> None:
+        """Refuse an operator whose n_in x n_out float64 output, with the running matrix
+        still alive and ``extra`` temporary values per row, would exceed the limit."""
+        held = 0 if self.lin is None else int(self.lin.numel()) // max(1, n_in)
+        need = 8.0 * n_in * (n_out + held + extra)
+        if need > self.max_bytes:
+            raise ModelError(f"an affine segment maps {n_in:,} to {n_out:,} values: lowering "
+                             f"it exactly needs {_size(need)} of float64 at once, more than "
+                             f"the {_size(self.max_bytes)} allowed (network too large for "
+                             "this verifier)")
+
+    def _check_total(self, n: int) -> None:
+        total = sum(layer.weight.nbytes for layer in self.layers) + 8.0 * n * n
+        if total > self.max_total:
+            raise ModelError(f"the lowered layers would need {_size(total)} in all, more "
+                             f"than the {_size(self.max_total)} allowed (network too large "
+                             "for this verifier)")
 
     def _start_segment(self, shape: tuple[int, ...]) -> None:
         n = int(np.prod(shape)) if shape else 1
+        self.lin = None  # closed: its matrix now lives in self.layers
+        self._check_size(n, n)
+        self._check_total(n)
         self.lin = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
         self.off = torch.zeros((1, *shape), dtype=torch.float64)
         self.seg_nodes: list[str] = []
@@ -373,8 +430,11 @@ class _Lowering:
             xs = [x if d else (self.consts[n] if n else None) for n, d in zip(names, dyn)]
             return fn(xs, attrs, dyn, linear_only)
 
+        self.off = run(self.off, False)  # one row first: the output size, cheaply
+        temporaries = TEMPORARIES.get(node.op_type)
+        extra = temporaries(names, self.consts, attrs, self.off) if temporaries else 0
+        self._check_size(self.lin.shape[0], int(self.off[0].numel()), extra)
         self.lin = run(self.lin, True)
-        self.off = run(self.off, False)
 
     def _constant(self, node: onnx.NodeProto) -> None:
         attrs = {a.name: a for a in node.attribute}
@@ -422,8 +482,10 @@ def _check_consumers(graph: onnx.GraphProto, input_name: str, source: str) -> No
                              "inputs); only feed-forward chains are supported")
 
 
-def load_network(path: str | Path) -> Network:
-    """Load an ONNX (or .onnx.gz) file and lower it. Raises a VerirepairError on bad input."""
+def load_network(path: str | Path, max_lowered_bytes: float = MAX_LOWERED_BYTES,
+                 max_lowered_total: float = MAX_LOWERED_TOTAL) -> Network:
+    """Load an ONNX (or .onnx.gz) file and lower it. Raises a VerirepairError on bad input,
+    including a network too large to lower (see ``MAX_LOWERED_BYTES``)."""
     path = Path(path)
     source = str(path)
     model = _read_model(path)
@@ -435,7 +497,8 @@ def load_network(path: str | Path) -> Network:
                          f"{len(graph.output)}")
     _check_consumers(graph, inp.name, source)
     input_shape = _shape_of(inp) or (1,)
-    lowering = _Lowering(source, inp.name, input_shape, consts)
+    lowering = _Lowering(source, inp.name, input_shape, consts, max_lowered_bytes,
+                         max_lowered_total)
     for node in graph.node:
         lowering.visit(node)
     net, segments = lowering.finish(graph.output[0].name)

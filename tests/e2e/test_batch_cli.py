@@ -92,3 +92,33 @@ def test_outputs_that_cannot_be_written_are_one_line_before_any_work(tmp_path: P
         assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
         assert proc.stderr.strip().count("\n") == 0
     assert inst.read_text().startswith(str(MODEL))  # the input CSV is untouched
+
+
+def test_resume_runs_only_what_the_earlier_run_did_not_answer(tmp_path: Path) -> None:
+    inst = _instances(tmp_path, f"{MODEL},{NEAR_TURN},60")
+    out, rdir = tmp_path / "results.csv", tmp_path / "results"
+    first = run_cli("batch", inst, "-o", out, "--results-dir", rdir, "--quiet")
+    assert first.returncode == 0, first.stderr
+    inst = _instances(tmp_path, f"{MODEL},{NEAR_TURN},60", f"{MODEL},{FAR_IS_COC},60")
+    second = run_cli("batch", inst, "-o", out, "--results-dir", rdir, "--resume")
+    assert second.returncode == 0, second.stderr
+    assert "resume: 1 of 2 instances kept" in second.stderr
+    assert second.stderr.count("[2/2]") == 1 and "[1/2]" not in second.stderr  # one run
+    assert [r["verdict"] for r in _rows(out)] == ["holds", "violated"]
+    assert (rdir / f"demo_advisory_{NEAR_TURN.stem}.txt").read_text() == "unsat\n"
+    assert (rdir / f"demo_advisory_{FAR_IS_COC.stem}.txt").read_text().startswith("sat\n")
+
+
+def test_resume_judges_kept_rows_and_refuses_a_foreign_table(tmp_path: Path) -> None:
+    inst = _instances(tmp_path, f"{MODEL},{NEAR_TURN},60")
+    out = tmp_path / "results.csv"
+    assert run_cli("batch", inst, "-o", out, "--quiet").returncode == 0
+    answers = tmp_path / "expected.csv"
+    answers.write_text(f"{MODEL},{NEAR_TURN},violated\n")  # deliberately wrong
+    kept = run_cli("batch", inst, "-o", out, "--resume", "--quiet", "--expected", answers)
+    assert kept.returncode == 1, kept.stderr
+    assert "resume: 1 of 1 instances kept" in kept.stderr and "WRONG ANSWER" in kept.stderr
+    before = out.read_text()
+    other = run_cli("batch", inst, "-o", out, "--resume", "--timeout", "30")
+    assert other.returncode == 2 and "none of its 1 rows" in other.stderr
+    assert out.read_text() == before  # refused before anything was overwritten

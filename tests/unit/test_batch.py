@@ -121,31 +121,46 @@ def test_judge(verdict: str, expected: str | None, status: str) -> None:
     assert judge(BatchOutcome(_task(0), verdict, 1.0), expected) == status
 
 
-def test_result_file_names_are_unique() -> None:
+def test_result_file_names_are_unique_and_do_not_depend_on_row_order() -> None:
     tasks = [_task(0, "n/a.onnx", "p/prop_1.vnnlib"), _task(1, "a.onnx.gz", "prop_2.vnnlib"),
              _task(2, "a.onnx", "prop_2.vnnlib.gz")]
-    assert result_file_names(tasks) == {0: "a_prop_1.txt", 1: "a_prop_2_1.txt",
-                                        2: "a_prop_2_2.txt"}
-    # a suffixed name must not take the name of another instance
-    clash = [_task(0, "x.onnx", "y.vnnlib"), _task(1, "x.onnx", "y.vnnlib"),
-             _task(2, "x.onnx", "y_0.vnnlib")]
-    names = result_file_names(clash)
-    assert len(set(names.values())) == 3 and names[2] == "x_y_0.txt"
+    names = result_file_names(tasks)
+    assert names[0] == "a_prop_1.txt"
+    assert names[1] != names[2] and all(names[i].startswith("a_prop_2_") for i in (1, 2))
+    # a reordered CSV gives each instance the same file (not its neighbour's)
+    swapped = result_file_names([_task(0, "a.onnx", "prop_2.vnnlib.gz"),
+                                 _task(1, "a.onnx.gz", "prop_2.vnnlib")])
+    assert swapped[0] == names[2] and swapped[1] == names[1]
+    # the same instance twice shares its file; another one never gets it
+    twice = result_file_names([_task(0, "x.onnx", "y.vnnlib"), _task(1, "x.onnx", "y.vnnlib"),
+                               _task(2, "x.onnx", "y_0.vnnlib")])
+    assert twice == {0: "x_y.txt", 1: "x_y.txt", 2: "x_y_0.txt"}
 
 
 def test_results_table_is_in_instance_order_with_judgement_columns() -> None:
-    outs = [BatchOutcome(_task(1, "b.onnx"), "violated", 2.5, 7, status="correct"),
+    outs = [BatchOutcome(_task(1, "b.onnx"), "violated", 2.5, 7, status="correct",
+                         engine="bab", digest="abc"),
             BatchOutcome(_task(0, "a.onnx"), "error", 0.1, reason="bad, \"quoted\" input",
-                         error_kind="input", status="unsolved")]
+                         error_kind="input", status="unsolved", engine="bab", digest="def")]
     rows = list(csv.reader(io.StringIO(results_csv(outs, {("b.onnx", "p.vnnlib"): "violated"}))))
     assert rows[0] == ["onnx", "vnnlib", "timeout", "verdict", "seconds", "boxes", "reason",
-                       "expected", "status"]
+                       "engine", "digest", "expected", "status"]
     assert rows[1] == ["a.onnx", "p.vnnlib", "10", "error", "0.100", "",
-                       "bad, \"quoted\" input", "", "unsolved"]
-    assert rows[2] == ["b.onnx", "p.vnnlib", "10", "violated", "2.500", "7", "", "violated",
-                       "correct"]
+                       "bad, \"quoted\" input", "bab", "def", "", "unsolved"]
+    assert rows[2] == ["b.onnx", "p.vnnlib", "10", "violated", "2.500", "7", "", "bab", "abc",
+                       "violated", "correct"]
     plain = list(csv.reader(io.StringIO(results_csv(outs, None))))
-    assert plain[0][-1] == "reason" and len(plain) == 3
+    assert plain[0][-1] == "digest" and len(plain) == 3
+
+
+def test_the_digest_follows_the_file_contents(tmp_path: Path) -> None:
+    (tmp_path / "a.onnx").write_bytes(b"model")
+    (tmp_path / "p.vnnlib").write_text("prop")
+    task = BatchTask(0, "a.onnx", "p.vnnlib", tmp_path / "a.onnx", tmp_path / "p.vnnlib", 1.0)
+    first = batch.instance_digest(task)
+    assert first == batch.instance_digest(task) and len(first) == 16
+    (tmp_path / "a.onnx").write_bytes(b"model, repaired")
+    assert batch.instance_digest(task) != first
 
 
 def test_a_lost_worker_is_an_internal_error_and_an_overrun_a_timeout() -> None:
@@ -209,3 +224,76 @@ def test_a_dead_worker_is_an_internal_error_and_the_run_goes_on(tmp_path: Path) 
     assert (by_index[0].verdict, by_index[0].error_kind) == ("error", "internal")
     assert "died" in by_index[0].reason
     assert by_index[1].verdict == "holds"
+
+
+# --------------------------------------------------------------------------- --resume
+
+HEADER = ["onnx", "vnnlib", "timeout", "verdict", "seconds", "boxes", "reason", "engine",
+          "digest"]
+
+
+def _earlier(tmp_path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _row(vnnlib: str, verdict: str, timeout: str = "10", engine: str = "bab",
+         digest: str = "d", seconds: str = "1.500", boxes: str = "7") -> list[str]:
+    return ["a.onnx", vnnlib, timeout, verdict, seconds, boxes, "", engine, digest]
+
+
+def test_resume_keeps_matching_rows_and_reruns_the_rest(tmp_path: Path) -> None:
+    tasks = [_task(0, "a.onnx", "p.vnnlib"), _task(1, "a.onnx", "q.vnnlib"),
+             _task(2, "a.onnx", "r.vnnlib"), _task(3, "a.onnx", "s.vnnlib"),
+             _task(4, "a.onnx", "t.vnnlib", timeout=20.0), _task(5, "a.onnx", "u.vnnlib"),
+             _task(6, "a.onnx", "v.vnnlib")]
+    digests = {i: "d" for i in range(7)}
+    digests[6] = "changed"  # the file was rewritten since
+    path = _earlier(tmp_path, [_row("p.vnnlib", "holds"), _row("q.vnnlib", "violated"),
+                               _row("r.vnnlib", "error"), _row("t.vnnlib", "timeout"),
+                               _row("u.vnnlib", "holds", engine="z3"),
+                               _row("v.vnnlib", "holds"), _row("w.vnnlib", "holds")])
+    earlier = batch.earlier_outcomes(path, tasks, "bab", digests, None)
+    # r: error, s: not there, t: another timeout, u: another engine, v: other contents
+    assert sorted(earlier.kept) == [0, 1]
+    kept = earlier.kept[0]
+    assert (kept.verdict, kept.seconds, kept.boxes, kept.result_text, kept.engine,
+            kept.digest) == ("holds", 1.5, 7, "unsat\n", "bab", "d")
+    assert (earlier.rows, earlier.unmatched) == (7, 4)  # t, u, v and w match no instance
+    none = batch.earlier_outcomes(tmp_path / "none.csv", tasks, "bab", digests, None)
+    assert none.kept == {} and none.rows == 0
+
+
+def test_resume_with_result_files_keeps_only_verdicts_its_file_says(tmp_path: Path) -> None:
+    tasks = [_task(0, "a.onnx", "p.vnnlib"), _task(1, "a.onnx", "q.vnnlib"),
+             _task(2, "a.onnx", "r.vnnlib")]
+    path = _earlier(tmp_path, [_row("p.vnnlib", "holds"), _row("q.vnnlib", "violated"),
+                               _row("r.vnnlib", "violated")])
+    files = {i: tmp_path / f"{i}.txt" for i in range(3)}
+    files[0].write_text("unsat\n")
+    files[1].write_text("sat\n((X_0 0.5)\n (Y_0 1.0))\n")
+    files[2].write_text("unknown\n")  # placeholder of a run interrupted before the answer
+    kept = batch.earlier_outcomes(path, tasks, "bab", {i: "d" for i in range(3)}, files).kept
+    assert sorted(kept) == [0, 1]
+    assert kept[1].result_text.startswith("sat\n((X_0 0.5)")
+
+
+def test_resume_reads_judged_tables_and_skips_broken_rows(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    path.write_text(",".join(HEADER + ["expected", "status"]) + "\n"
+                    "a.onnx,p.vnnlib,10,holds,1.0,,,bab,d,holds,correct\n"
+                    "a.onnx,q.vnnlib,10,holds\n")  # cut short by hand
+    tasks = [_task(0, "a.onnx", "p.vnnlib"), _task(1, "a.onnx", "q.vnnlib")]
+    kept = batch.earlier_outcomes(path, tasks, "bab", {0: "d", 1: ""}, None).kept
+    assert sorted(kept) == [0]
+
+
+def test_resume_refuses_a_csv_that_is_not_a_results_table(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    path.write_text("onnx,vnnlib,expected\na.onnx,p.vnnlib,holds\n")
+    with pytest.raises(InputFileError, match="not a results CSV"):
+        batch.earlier_outcomes(path, [_task(0)], "bab", {0: "d"}, None)

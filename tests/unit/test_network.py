@@ -459,3 +459,46 @@ def test_a_lowering_that_differs_from_onnxruntime_is_refused(tmp_path: Path) -> 
     off = AffineReluNet((Affine(layer.weight, layer.bias + 0.01),))
     with pytest.raises(ModelError, match="differs from onnxruntime"):
         _check_against_onnxruntime(replace(network, net=off), onnx_session(network.model))
+
+
+def test_a_segment_too_large_to_lower_is_one_clear_error(tmp_path: Path) -> None:
+    """One dense float64 matrix per segment: an operator that would hold more than the
+    limit at once (running matrix + output) is refused, naming the node, before the
+    memory is taken. Peaks of this [4, 8, 6, 3] MLP: 896 bytes at mm1 (8 x (8 + 6))."""
+    rng = np.random.default_rng(3)
+    nodes, inits = mlp_nodes("input", [4, 8, 6, 3], rng)
+    path = save_model(tmp_path, nodes, [1, 4], [1, 3], inits)
+    assert len(load_network(path, max_lowered_bytes=896).net.layers) == 3
+    with pytest.raises(ModelError, match=r"node 'mm1' \(MatMul\): an affine segment maps 8 "
+                                         r"to 6 values: .* more than"):
+        load_network(path, max_lowered_bytes=895)
+    with pytest.raises(ModelError, match=r"input 'input': an affine segment maps 4 to 4"):
+        load_network(path, max_lowered_bytes=127)
+    # all segments together: 256 + 384 bytes of closed layers + the 6 x 6 identity
+    assert len(load_network(path, max_lowered_total=928).net.layers) == 3
+    with pytest.raises(ModelError, match=r"node 'relu1' \(Relu\): the lowered layers "
+                                         r"would need"):
+        load_network(path, max_lowered_total=927)
+
+
+def test_a_huge_input_is_refused_without_allocating_its_identity(tmp_path: Path) -> None:
+    n = 200_000  # the identity alone would take 320 GB
+    w = np.zeros((n, 1), dtype=np.float32)
+    node = helper.make_node("MatMul", ["input", "W"], ["output"], name="mm")
+    path = save_model(tmp_path, [node], [1, n], [1, 1], [init("W", w)])
+    with pytest.raises(ModelError, match=r"input 'input': an affine segment maps 200,000"):
+        load_network(path)
+
+
+def test_the_convolution_buffer_counts_towards_the_limit(tmp_path: Path) -> None:
+    """Conv on 1x6x6 -> 2x3x3 (stride 2, pad 1): output 18 + running 36 values per row fit
+    in 20,000 bytes, but not with the 81 im2col values (9 kernel positions x 9 outputs)."""
+    rng = np.random.default_rng(13)
+    conv = helper.make_node("Conv", ["input", "Wc", "Bc"], ["conv"], name="conv",
+                            kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    head, head_inits = conv_head(rng, 2, 18)
+    inits = [init("Wc", rand(rng, 2, 1, 3, 3)), init("Bc", rand(rng, 2))]
+    path = save_model(tmp_path, [conv] + head, [1, 1, 6, 6], [1, 3], inits + head_inits)
+    assert len(load_network(path, max_lowered_bytes=8 * 36 * (18 + 36 + 81)).net.layers) == 2
+    with pytest.raises(ModelError, match=r"node 'conv' \(Conv\)"):
+        load_network(path, max_lowered_bytes=20_000)
