@@ -596,8 +596,9 @@ def _add_batch_parser(sub) -> None:
                      help="verification engine (default bab)")
     bat.add_argument("--resume", action="store_true",
                      help="keep the instances the results CSV (-o) already holds with the "
-                          "same timeout and a verdict other than error (and, with "
-                          "--results-dir, a result file that says it); run the rest")
+                          "same timeout, engine and file contents and a verdict other than "
+                          "error (and, with --results-dir, a result file that says it); run "
+                          "the rest")
     bat.add_argument("--quiet", action="store_true", help="no per-instance lines on stderr")
     bat.set_defaults(run=_cmd_batch)
 
