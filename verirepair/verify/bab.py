@@ -301,11 +301,16 @@ class _Search:
         cex = self._confirm(cands)
         if cex is not None:
             return cex
-        starts, lo, hi = falsify.random_starts(ct.lower[None], ct.upper[None],
-                                               opt.pgd_starts, self.gen)
-        self.stats.attack_points += opt.pgd_starts * opt.pgd_steps
-        return self._confirm(falsify.pgd_attack(self.layers, ct, lo, hi, starts,
-                                                opt.pgd_steps))
+        return self._confirm(self._pgd(ct.lower[None], ct.upper[None], opt.pgd_starts,
+                                       opt.pgd_steps))
+
+    def _pgd(self, lower: Tensor, upper: Tensor, per_box: int, steps: int,
+             stop: Callable[[], bool] | None = None) -> falsify.Candidates:
+        """PGD from ``per_box`` random starts in each box (rows of lower/upper), counted
+        in the stats; candidates still to be confirmed."""
+        starts, lo, hi = falsify.random_starts(lower, upper, per_box, self.gen)
+        self.stats.attack_points += starts.shape[0] * steps
+        return falsify.pgd_attack(self.layers, self.ct, lo, hi, starts, steps, stop=stop)
 
     def _wide_attack_starts(self, elapsed: float) -> int:
         opt = self.options
@@ -322,12 +327,9 @@ class _Search:
                 or elapsed < self.next_wide_attack or self.deadline.expired() \
                 or self.wide_attack_seconds > opt.wide_attack_share * elapsed:
             return None
-        n = self._wide_attack_starts(elapsed)
-        starts, lo, hi = falsify.random_starts(self.ct.lower[None], self.ct.upper[None], n,
-                                               self.gen)
-        self.stats.attack_points += n * opt.wide_attack_steps
-        cands = falsify.pgd_attack(self.layers, self.ct, lo, hi, starts,
-                                   opt.wide_attack_steps, stop=self.deadline.expired)
+        cands = self._pgd(self.ct.lower[None], self.ct.upper[None],
+                          self._wide_attack_starts(elapsed), opt.wide_attack_steps,
+                          stop=self.deadline.expired)
         ended = time.monotonic() - self.started
         self.wide_attack_seconds += ended - elapsed
         self.next_wide_attack = 2.0 * ended
@@ -337,12 +339,8 @@ class _Search:
         """PGD from the centres of the most promising open boxes."""
         k = min(self.options.attack_boxes, len(batch))
         idx = torch.topk(batch.prio, k, largest=False).indices
-        lo, hi = batch.lower[idx], batch.upper[idx]
-        starts, lo2, hi2 = falsify.random_starts(lo, hi, self.options.attack_starts,
-                                                 self.gen)
-        self.stats.attack_points += starts.shape[0] * self.options.pgd_steps
-        return self._confirm(falsify.pgd_attack(self.layers, self.ct, lo2, hi2, starts,
-                                                self.options.pgd_steps))
+        return self._confirm(self._pgd(batch.lower[idx], batch.upper[idx],
+                                       self.options.attack_starts, self.options.pgd_steps))
 
     # -- one round ---------------------------------------------------------------
     def _bound(self, batch: Boxes) -> tuple[HiddenBounds, Tensor, Tensor, Tensor]:
