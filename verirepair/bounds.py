@@ -201,13 +201,30 @@ def symbolic_bounds(layers: Layers, lower: Tensor, upper: Tensor,
     return HiddenBounds(tuple(lows), tuple(ups))
 
 
+@dataclass(frozen=True)
+class Splits:
+    """ReLU split constraints of a batch of subproblems: ``signs[k]`` (N, width_k) is +1
+    where the subproblem requires z >= 0 (active), -1 where it requires z <= 0
+    (inactive), 0 where the neuron is free; ``betas[k]`` (N, R, width_k) >= 0 are the
+    Lagrange multipliers of those constraints per spec row (beta-CROWN: any betas >= 0
+    give a sound bound on the subproblem, because beta * sign * z >= 0 there)."""
+
+    signs: list[Tensor]
+    betas: list[Tensor]
+
+
 def spec_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Tensor, upper: Tensor,
-                      c: Tensor, d: Tensor, alphas: list[Tensor] | None = None
+                      c: Tensor, d: Tensor, alphas: list[Tensor] | None = None,
+                      splits: Splits | None = None, trace: list[Tensor] | None = None
                       ) -> SpecBounds:
     """CROWN lower bounds of ``c @ f(x) - d`` for every box and row.
 
     Requires: hidden bounds valid on these boxes; c (R, n_out), d (R,); optional lower
     ReLU slopes ``alphas[k]`` (N, R, width_k) in [0, 1] (any such slopes are sound).
+    With ``splits`` the bound holds on the subproblem {x in box : the split constraints},
+    and the hidden bounds need only be valid there (split neurons clamped at 0). With
+    ``trace`` the coefficients of every hidden layer's post-ReLU values (N, R, width_k)
+    are appended, deepest layer first (used to choose ReLU splits).
     Returns: SpecBounds; sound (outward-widened float64); exact when no ReLU is unstable.
     """
     n = lower.shape[0]
@@ -219,7 +236,7 @@ def spec_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Tensor, upper
     zmag = _input_size(hidden, len(layers) - 2, lower, upper) @ w_last.abs().T + b_last.abs()
     mag = zmag @ c.abs().T + d.abs()
     lb, coef, _ = _backward_lower(layers, hidden, len(layers) - 1, lam, const, mag, lower,
-                                  upper, alphas)
+                                  upper, alphas, splits, trace)
     return SpecBounds(lower=lb, coef=coef)
 
 
@@ -243,17 +260,20 @@ class _Adam:
     eps: float = 1e-8
 
 
-def _adam_step(state: _Adam, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-    """One Adam step (minimising), then projection onto [0, 1]; returns new tensors."""
+def _adam_step(state: _Adam, params: list[Tensor], grads: list[Tensor],
+               ceilings: list[float] | None = None) -> list[Tensor]:
+    """One Adam step (minimising), then projection onto [0, ceiling] (default 1 for
+    every parameter); returns new tensors."""
+    ceilings = ceilings or [1.0] * len(params)
     state.t += 1
     b1, b2 = state.beta1, state.beta2
     out = []
-    for i, (p, g) in enumerate(zip(params, grads)):
+    for i, (p, g, top) in enumerate(zip(params, grads, ceilings)):
         state.m[i] = b1 * state.m[i] + (1 - b1) * g
         state.v[i] = b2 * state.v[i] + (1 - b2) * g * g
         m_hat = state.m[i] / (1 - b1 ** state.t)
         v_hat = state.v[i] / (1 - b2 ** state.t)
-        out.append((p - state.lr * m_hat / (v_hat.sqrt() + state.eps)).clamp(0.0, 1.0))
+        out.append((p - state.lr * m_hat / (v_hat.sqrt() + state.eps)).clamp(0.0, top))
     return out
 
 
@@ -291,6 +311,86 @@ def optimized_spec_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Ten
     return SpecBounds(lower=best_lb, coef=best_coef)
 
 
+@dataclass(frozen=True)
+class SplitParams:
+    """What :func:`optimized_split_lower_bounds` optimised, to start from next time (a
+    subproblem's children inherit it): per hidden layer the lower slopes and the scaled
+    split multipliers, each (N, R, width_k)."""
+
+    alphas: list[Tensor]
+    gammas: list[Tensor]
+
+
+def optimized_split_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Tensor,
+                                 upper: Tensor, c: Tensor, d: Tensor, signs: list[Tensor],
+                                 steps: int = 10, lr: float = 0.3, beta_lr: float = 0.05,
+                                 trace: list[Tensor] | None = None,
+                                 start: SplitParams | None = None
+                                 ) -> tuple[SpecBounds, SplitParams]:
+    """alpha-beta-CROWN on subproblems of ReLU splitting: the lower ReLU slopes (in
+    [0, 1]) and the multipliers of the split constraints (>= 0, only where a neuron is
+    split) optimised together by projected Adam, from ``start`` if given (else CROWN's
+    slopes and zero multipliers); the best bound per row is kept.
+
+    Requires: ``hidden`` valid on every subproblem (split neurons clamped at 0) and
+    ``signs[k]`` (N, width_k) in {-1, 0, +1}. Sound: every iterate is a valid bound
+    (:class:`Splits`; slopes are projected onto [0, 1], multipliers onto >= 0, and
+    multipliers of unsplit neurons are masked out). ``trace`` receives the post-ReLU
+    coefficients of the last iterate. A multiplier moves by about ``beta_lr`` times the
+    size of the rows' coefficients on its layer per step (:func:`_row_scale`).
+    Returns the bounds and the last iterate's parameters.
+    Reference: Wang et al., "Beta-CROWN", NeurIPS 2021.
+    """
+    n, rows = lower.shape[0], c.shape[0]
+    if start is None:
+        alphas = initial_alphas(hidden, rows)
+        gammas = [torch.zeros((n, rows, s.shape[1]), dtype=lower.dtype) for s in signs]
+    else:
+        alphas = [a.to(lower.dtype).clamp(0.0, 1.0) for a in start.alphas]
+        gammas = [g.to(lower.dtype).clamp_min(0.0) for g in start.gammas]
+    factor = [(s != 0).to(lower.dtype).unsqueeze(1) * (sc * beta_lr / lr)
+              for s, sc in zip(signs, _row_scale(layers, c))]
+    k = len(alphas)
+    if not k:  # no hidden layer: nothing to optimise, CROWN is exact
+        return (spec_lower_bounds(layers, hidden, lower, upper, c, d, trace=trace),
+                SplitParams([], []))
+    params = alphas + gammas
+    state = _Adam(lr, [torch.zeros_like(p) for p in params],
+                  [torch.zeros_like(p) for p in params])
+    best_lb = torch.full((n, rows), -torch.inf, dtype=lower.dtype)
+    best_coef = torch.zeros((n, rows, lower.shape[1]), dtype=lower.dtype)
+    ceilings = [1.0] * k + [torch.inf] * len(gammas)
+    for step in range(steps + 1):
+        last = step == steps
+        with torch.enable_grad():
+            live = [p.detach().requires_grad_(not last) for p in params]
+            split = Splits(signs, [g * f for g, f in zip(live[k:], factor)])
+            sb = spec_lower_bounds(layers, hidden, lower, upper, c, d, live[:k], split,
+                                   trace if last else None)
+            if not last:
+                grads = torch.autograd.grad(-sb.lower.sum(), live)
+        lb = sb.lower.detach()
+        better = lb > best_lb
+        best_lb = torch.where(better, lb, best_lb)
+        best_coef = torch.where(better.unsqueeze(-1), sb.coef.detach(), best_coef)
+        if not last:
+            params = _adam_step(state, [p.detach() for p in params],
+                                [g.detach() for g in grads], ceilings)
+    return (SpecBounds(lower=best_lb, coef=best_coef),
+            SplitParams([p.detach() for p in params[:k]], [p.detach() for p in params[k:]]))
+
+
+def _row_scale(layers: Layers, c: Tensor) -> list[float]:
+    """Per hidden layer: the mean |coefficient| of the spec rows on that layer's
+    outputs through |W| (a size for the split multipliers)."""
+    out = []
+    lam = c.abs() @ layers[-1][0].abs()
+    for k in range(len(layers) - 2, -1, -1):
+        out.append(float(lam.mean()) or 1.0)
+        lam = lam @ layers[k][0].abs()
+    return out[::-1]
+
+
 def gradient_smear(layers: Layers, hidden: HiddenBounds, out_weight: Tensor,
                    lower: Tensor, upper: Tensor) -> Tensor:
     """ReluVal's smear: width_i x max |d(out_weight @ f)/dx_i| over the box, per box.
@@ -325,14 +425,19 @@ def _input_size(hidden: HiddenBounds, k: int, lower: Tensor, upper: Tensor) -> T
 
 def _backward_lower(layers: Layers, hidden: HiddenBounds, depth: int, lam: Tensor,
                     const: Tensor, mag: Tensor, lower: Tensor, upper: Tensor,
-                    alphas: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                    alphas: list[Tensor] | None = None, splits: Splits | None = None,
+                    trace: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Back-substitute ``lam @ z_depth + const`` (z_depth = pre-activation of hidden layer
     ``depth``, or the output when depth == len(layers)-1) down to the input.
 
-    Returns (lower bound widened, input coefficients, constant) per box and row.
+    ``splits``: subtract beta * sign * z_k at every hidden layer (sound on the subproblem,
+    see :class:`Splits`). Returns (lower bound widened, input coefficients, constant) per
+    box and row.
     """
     for k in range(depth - 1, -1, -1):
         l, u = hidden.lower[k], hidden.upper[k]
+        if trace is not None:
+            trace.append(lam)
         unstable = (l < 0) & (u > 0)
         s_up = torch.where(unstable, u / (u - l).clamp_min(1e-300), (l >= 0).to(l.dtype))
         if alphas is not None:
@@ -348,10 +453,17 @@ def _backward_lower(layers: Layers, hidden: HiddenBounds, depth: int, lam: Tenso
         mag = mag - shifted
         lam = lam * torch.where(lam >= 0, alpha, s_up.unsqueeze(1))
         w, b = layers[k]
-        const = const + lam @ b
         # |lam| (|W| |h_{k-1}| + |b|) >= |lam| |z_k|: covers the rounding of lam @ W, of
         # lam @ b and of the slopes just applied to lam (module docstring)
         zmag = _input_size(hidden, k - 1, lower, upper) @ w.abs().T + b.abs()
+        if splits is not None:
+            # lam z >= (lam - beta sign) z where sign z >= 0; the rounding of the
+            # subtraction is covered by |beta| |z_k| (a rounded beta is still >= 0 up to
+            # that term)
+            term = splits.betas[k] * splits.signs[k].unsqueeze(1)
+            lam = lam - term
+            mag = mag + (term.abs() * zmag.unsqueeze(1)).sum(-1)
+        const = const + lam @ b
         mag = mag + (lam.abs() * zmag.unsqueeze(1)).sum(-1)
         lam = lam @ w
     mid = (upper + lower) / 2

@@ -21,6 +21,7 @@ from verirepair.network import load_network
 from verirepair.report import (cross_check_dict, cross_check_text, human_text, json_text,
                                result_dict, vnncomp_text, write_atomic)
 from verirepair.spec import load_spec
+from verirepair.verify.bab import SPLIT_KINDS, BabOptions
 from verirepair.verify.engine import (ENGINES, Agreement, VerifyOptions, agreement,
                                       cross_check, engine_info, verify)
 from verirepair.verify.types import Result, Stats, Verdict
@@ -84,7 +85,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.result_file:
         _check_writable(Path(args.result_file))
     progress = _progress_printer(args.quiet)
-    options = VerifyOptions(timeout=args.timeout, engine=args.engine)
+    options = VerifyOptions(timeout=args.timeout, engine=args.engine,
+                            bab=BabOptions(split=args.split))
     result = _verify(network, spec, options, progress, args)
     second = None
     if args.cross_check and result.verdict is Verdict.HOLDS:
@@ -622,6 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds (default 300)")
     check.add_argument("--engine", choices=sorted(ENGINES), default="bab",
                        help="verification engine (default bab); see ENGINES below")
+    check.add_argument("--split", choices=SPLIT_KINDS, default="auto",
+                       help="what the bab engine splits: input intervals (few inputs, "
+                            "e.g. ACAS Xu), ReLU neurons (many inputs), or auto: ReLU "
+                            f"splitting from {BabOptions().relu_split_min_inputs} inputs "
+                            "on (default auto)")
     check.add_argument("--cross-check", choices=sorted(ENGINES), metavar="ENGINE",
                        help="confirm a 'holds' with this second engine (its own --timeout);"
                             " if it says 'violated' the run fails with exit code "

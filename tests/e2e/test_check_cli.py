@@ -129,6 +129,24 @@ def test_demo_holds_result_file(tmp_path: Path) -> None:
     assert out.read_text() == "unsat\n"
 
 
+@pytest.mark.parametrize("split", ["relu", "input"])
+def test_split_kinds_give_the_same_demo_verdicts(tmp_path: Path, split: str) -> None:
+    """--split relu forces ReLU splitting on the 5-input demo (auto picks input
+    splitting there): same verdicts, the counterexample still re-checked."""
+    out = tmp_path / "result.txt"
+    proc = run_check(MODEL, FAR_IS_COC, "--split", split, "--result-file", out)
+    assert proc.returncode == EXIT_CODES["violated"], proc.stderr
+    x, y = parse_result_file(out.read_text())
+    check_counterexample(MODEL, FAR_IS_COC, x, y, far_is_coc_unsafe)
+    proc = run_check(MODEL, NEAR_TURN, "--split", split)
+    assert proc.returncode == EXIT_CODES["holds"], proc.stderr
+
+
+def test_unknown_split_kind_is_refused() -> None:
+    proc = run_check(MODEL, NEAR_TURN, "--split", "neurons")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
 def test_demo_json_output() -> None:
     proc = run_check(MODEL, FAR_IS_COC, "--json", "--quiet")
     assert proc.returncode == EXIT_CODES["violated"], proc.stderr

@@ -48,6 +48,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from verirepair.errors import SolverError
+from verirepair.lp import quiet_highs
 from verirepair.net_types import Affine, AffineReluNet
 
 log = logging.getLogger(__name__)
@@ -327,18 +328,6 @@ def encode_patch(net: AffineReluNet, neurons: np.ndarray, req: PointRequirements
 
 # --------------------------------------------------------------------------- solvers
 
-def _quiet_highs():
-    """A fresh highspy.Highs with its one-time console banner sent to the log."""
-    import highspy
-
-    from verirepair.verify.marabou_engine import captured_output
-
-    with captured_output():
-        model = highspy.Highs()
-    model.setOptionValue("output_flag", False)
-    return model
-
-
 def _highs(enc: MilpEncoding, options: MilpPatchOptions) -> SolverResult:
     import highspy
 
@@ -354,7 +343,7 @@ def _highs(enc: MilpEncoding, options: MilpPatchOptions) -> SolverResult:
     lp.a_matrix_.value_ = enc.A.data
     kinds = (highspy.HighsVarType.kContinuous, highspy.HighsVarType.kInteger)
     lp.integrality_ = [kinds[int(i)] for i in enc.integrality]
-    model = _quiet_highs()
+    model = quiet_highs()
     model.setOptionValue("time_limit", float(options.time_limit))
     model.setOptionValue("mip_rel_gap", float(options.mip_rel_gap))
     if model.passModel(lp) == highspy.HighsStatus.kError:

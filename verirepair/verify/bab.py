@@ -75,6 +75,17 @@ class BabOptions:
     wide_attack_work: float = 2e6
     wide_attack_weights: float = 6e7
     wide_attack_share: float = 0.2
+    # What branch and bound splits: "input" intervals (suits few inputs, e.g. ACAS Xu's
+    # 5), "relu" neurons (verify/relu_bab.py; the input box stays whole), or "auto":
+    # ReLU splitting from `relu_split_min_inputs` inputs on (when there is a hidden layer)
+    split: str = "auto"
+    relu_split_min_inputs: int = 12
+    relu_batch_size: int = 256
+    relu_bound_steps: int = 8  # alpha-beta-CROWN steps per subproblem batch
+    relu_tighten: bool = True  # recompute the hidden bounds of every subproblem
+    relu_queue_bytes: float = 2e9  # warm-start state kept best-first (then depth-first)
+    relu_beta_lr: float = 0.05
+    relu_attack_subproblems: int = 32  # PGD from the bound minimisers of this many
     seed: int = 0
 
 
@@ -179,7 +190,8 @@ class Queue:
     boxes plus, amortised, at most as many again — never the whole queue.
     """
 
-    def __init__(self, first: Boxes, best_first_limit: int) -> None:
+    def __init__(self, first, best_first_limit: int) -> None:
+        self._concat = type(first).concat  # Boxes, or any batch with the same methods
         self.chunks: list[Boxes] = []
         self.gone: list[Tensor] = []
         self.size = 0
@@ -209,7 +221,7 @@ class Queue:
         if self.size <= count:
             for i in range(len(self.chunks)):
                 self._compact(i)
-            taken = Boxes.concat(self.chunks)
+            taken = self._concat(self.chunks)
             self.chunks, self.gone, self.size = [], [], 0
             return taken
         if self.size <= self.best_first_limit:
@@ -232,7 +244,7 @@ class Queue:
                 self._compact(i)
         self._drop_empty()
         self.size -= count
-        return Boxes.concat(taken)
+        return self._concat(taken)
 
     def _pop_newest(self, count: int) -> Boxes:
         taken: list[Boxes] = []
@@ -251,7 +263,7 @@ class Queue:
                 taken.append(last)
                 need -= len(last)
         self.size -= count
-        return Boxes.concat(taken)
+        return self._concat(taken)
 
 
 class _Search:
@@ -395,15 +407,16 @@ class _Search:
         gate_record(self.alpha_gate, gate_bins(hidden, todo), closed)
         return row_lb, disj_lb
 
-    def _corner_candidates(self, batch: Boxes, coef: Tensor, row_lb: Tensor
+    def _corner_candidates(self, lower: Tensor, upper: Tensor, coef: Tensor, row_lb: Tensor
                            ) -> Counterexample | None:
         """Evaluate the box centres, the corners that minimise each row's bound, and per
-        disjunct the point minimising the max of its rows' linear lower bounds."""
-        corners = torch.where(coef > 0, batch.lower.unsqueeze(1), batch.upper.unsqueeze(1))
-        mid = ((batch.lower + batch.upper) / 2).unsqueeze(1)
-        joint = falsify.linear_surrogate_points(coef, row_lb, batch.lower, batch.upper,
+        disjunct the point minimising the max of its rows' linear lower bounds (boxes are
+        the rows of ``lower``/``upper``)."""
+        corners = torch.where(coef > 0, lower.unsqueeze(1), upper.unsqueeze(1))
+        mid = ((lower + upper) / 2).unsqueeze(1)
+        joint = falsify.linear_surrogate_points(coef, row_lb, lower, upper,
                                                 self.ct.group, self.ct.n_disjuncts)
-        pts = torch.cat([mid, corners, joint], dim=1).reshape(-1, batch.lower.shape[1])
+        pts = torch.cat([mid, corners, joint], dim=1).reshape(-1, lower.shape[1])
         self.stats.attack_points += pts.shape[0]
         return self._confirm(falsify.evaluate_points(self.layers, self.ct, pts))
 
@@ -448,7 +461,7 @@ class _Search:
         batch = Boxes(batch.lower[open_], batch.upper[open_], batch.alive[open_],
                       torch.where(batch.alive[open_], disj_lb, torch.inf).amin(1),
                       pack_hidden(hidden, int(open_.sum())))
-        cex = self._corner_candidates(batch, coef, row_lb)
+        cex = self._corner_candidates(batch.lower, batch.upper, coef, row_lb)
         if cex is None and iteration % self.options.attack_every == 0:
             cex = self._box_attack(batch)
         if cex is not None:
@@ -469,23 +482,34 @@ class _Search:
             self.stats.seconds = self.deadline.elapsed()
             self.progress(self.stats, queue_len)
 
+    unit = "boxes"  # what the queue holds, for messages
+
+    def _root(self) -> Boxes:
+        k = self.ct.n_disjuncts
+        no_prior = torch.tensor([-torch.inf, torch.inf]).reshape(1, 2, 1)
+        return Boxes(self.ct.lower[None].clone(), self.ct.upper[None].clone(),
+                     torch.ones((1, k), dtype=torch.bool), torch.zeros(1, dtype=torch.float64),
+                     no_prior.expand(1, 2, sum(self.widths)).to(torch.float32).clone())
+
+    def _best_first_limit(self) -> int:
+        return self.options.best_first_limit
+
+    def _unresolved_reason(self) -> str:
+        return (f"{self.unresolved} boxes reached the minimum width undecided (margin too "
+                "close to zero)")
+
     def run(self, initial_attack: bool = True) -> Result:
         cex = self._initial_attack() if initial_attack else None
         if cex is not None:
             return self._result(Verdict.VIOLATED, cex)
-        k = self.ct.n_disjuncts
-        no_prior = torch.tensor([-torch.inf, torch.inf]).reshape(1, 2, 1)
-        root = Boxes(self.ct.lower[None].clone(), self.ct.upper[None].clone(),
-                     torch.ones((1, k), dtype=torch.bool), torch.zeros(1, dtype=torch.float64),
-                     no_prior.expand(1, 2, sum(self.widths)).to(torch.float32).clone())
-        queue = Queue(root, self.options.best_first_limit)
+        queue = Queue(self._root(), self._best_first_limit())
         iteration = 0
         while len(queue) > 0:
             if self.real_only_violation:
                 return self._result(Verdict.UNKNOWN, reason="unsafe in real arithmetic, but "
                                     "the box contains no float32 input to confirm it")
             if self.deadline.expired():
-                return self._result(Verdict.TIMEOUT, reason=f"{len(queue)} boxes open")
+                return self._result(Verdict.TIMEOUT, reason=f"{len(queue)} {self.unit} open")
             cex = self._round(queue, iteration)
             if cex is None and len(queue) > 0:
                 cex = self._wide_attack_due()
@@ -494,8 +518,7 @@ class _Search:
             iteration += 1
             self._report(len(queue))
         if self.unresolved:
-            return self._result(Verdict.UNKNOWN, reason=f"{self.unresolved} boxes reached the "
-                                "minimum width undecided (margin too close to zero)")
+            return self._result(Verdict.UNKNOWN, reason=self._unresolved_reason())
         return self._result(Verdict.HOLDS)
 
     def _result(self, verdict: Verdict, cex: Counterexample | None = None,
@@ -522,9 +545,25 @@ def verify_case(network: Network, layers: Layers, case: SpecCase, case_index: in
     """Decide one spec case with branch and bound (see module docstring).
     ``initial_attack=False`` skips the opening random/PGD attack (the caller already ran
     :func:`attack_case` on this case with the same options)."""
-    search = _Search(network, layers, case, case_index, deadline, options, progress, session)
+    kind = split_kind(options, network.n_inputs, len(layers) - 1)
+    search = _searches()[kind](network, layers, case, case_index, deadline, options, progress,
+                            session)
     with torch.no_grad():
         return search.run(initial_attack)
+
+
+SPLIT_KINDS = ("auto", "input", "relu")
+
+
+def split_kind(options: BabOptions, n_inputs: int, n_hidden_layers: int) -> str:
+    """"input" or "relu": ``options.split``, or for "auto" ReLU splitting when the
+    network has a hidden layer and at least ``relu_split_min_inputs`` inputs."""
+    if options.split not in SPLIT_KINDS:
+        raise ValueError(f"unknown split kind {options.split!r} (one of {SPLIT_KINDS})")
+    if options.split != "auto":
+        return options.split
+    return ("relu" if n_hidden_layers > 0 and n_inputs >= options.relu_split_min_inputs
+            else "input")
 
 
 def attack_case(network: Network, layers: Layers, case: SpecCase, case_index: int,
@@ -539,4 +578,13 @@ def attack_case(network: Network, layers: Layers, case: SpecCase, case_index: in
     if cex is not None:
         return search._result(Verdict.VIOLATED, cex)
     return search._result(Verdict.UNKNOWN, reason="the opening attack found no counterexample")
+
+
+
+def _searches() -> dict[str, type]:
+    """The search class per split kind (relu_bab imports this module, hence the late
+    import)."""
+    from verirepair.verify.relu_bab import ReluSearch
+
+    return {"input": _Search, "relu": ReluSearch}
 

@@ -163,7 +163,8 @@ class EngineInfo:
 ENGINES: Mapping[str, EngineInfo] = MappingProxyType({
     "bab": EngineInfo(
         "bab", _bab_engine, sound=True, complete=True, available=lambda: True,
-        install_hint="", summary="falsification + bounds + input-splitting branch and bound"),
+        install_hint="", summary="falsification + bounds + branch and bound (input splitting for "
+                "few inputs, ReLU splitting with beta-CROWN bounds for many)"),
     "marabou": EngineInfo(
         "marabou", marabou_engine.marabou_engine, sound=False, complete=True,
         available=marabou_engine.available, install_hint=marabou_engine.INSTALL_HINT,
