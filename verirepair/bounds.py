@@ -26,6 +26,7 @@ Activation Functions" (CROWN), NeurIPS 2018; Singh et al., DeepPoly, POPL 2019.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -293,22 +294,39 @@ def optimized_spec_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Ten
     alphas = initial_alphas(hidden, c.shape[0])
     if not alphas:  # no hidden layer: CROWN is already exact
         return SpecBounds(lower=best_lb, coef=best_coef)
-    state = _Adam(lr, [torch.zeros_like(a) for a in alphas],
-                  [torch.zeros_like(a) for a in alphas])
+    best_lb, best_coef, _ = _adam_best_bound(
+        alphas, [1.0] * len(alphas), lr, steps, best_lb, best_coef,
+        lambda live, last: spec_lower_bounds(layers, hidden, lower, upper, c, d, live))
+    return SpecBounds(lower=best_lb, coef=best_coef)
+
+
+BoundOf = Callable[[list[Tensor], bool], SpecBounds]
+
+
+def _adam_best_bound(params: list[Tensor], ceilings: list[float], lr: float, steps: int,
+                     best_lb: Tensor, best_coef: Tensor, bound: BoundOf
+                     ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Maximise ``bound(params, last)`` (a sound bound for any parameters in [0, ceiling])
+    by ``steps`` projected Adam steps; keeps the best bound per row (starting from
+    ``best_lb``/``best_coef``). Returns (best lower, its coefficients, last parameters).
+    ``last`` tells ``bound`` that no gradient will be taken."""
+    state = _Adam(lr, [torch.zeros_like(p) for p in params],
+                  [torch.zeros_like(p) for p in params])
     for step in range(steps + 1):
         last = step == steps
         with torch.enable_grad():
-            params = [a.detach().requires_grad_(not last) for a in alphas]
-            sb = spec_lower_bounds(layers, hidden, lower, upper, c, d, params)
+            live = [p.detach().requires_grad_(not last) for p in params]
+            sb = bound(live, last)
             if not last:
-                grads = torch.autograd.grad(-sb.lower.sum(), params)
+                grads = torch.autograd.grad(-sb.lower.sum(), live)
         lb = sb.lower.detach()
         better = lb > best_lb
         best_lb = torch.where(better, lb, best_lb)
         best_coef = torch.where(better.unsqueeze(-1), sb.coef.detach(), best_coef)
         if not last:
-            alphas = _adam_step(state, alphas, [g.detach() for g in grads])
-    return SpecBounds(lower=best_lb, coef=best_coef)
+            params = _adam_step(state, [p.detach() for p in params],
+                                [g.detach() for g in grads], ceilings)
+    return best_lb, best_coef, [p.detach() for p in params]
 
 
 @dataclass(frozen=True)
@@ -354,30 +372,18 @@ def optimized_split_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Te
     if not k:  # no hidden layer: nothing to optimise, CROWN is exact
         return (spec_lower_bounds(layers, hidden, lower, upper, c, d, trace=trace),
                 SplitParams([], []))
-    params = alphas + gammas
-    state = _Adam(lr, [torch.zeros_like(p) for p in params],
-                  [torch.zeros_like(p) for p in params])
     best_lb = torch.full((n, rows), -torch.inf, dtype=lower.dtype)
     best_coef = torch.zeros((n, rows, lower.shape[1]), dtype=lower.dtype)
-    ceilings = [1.0] * k + [torch.inf] * len(gammas)
-    for step in range(steps + 1):
-        last = step == steps
-        with torch.enable_grad():
-            live = [p.detach().requires_grad_(not last) for p in params]
-            split = Splits(signs, [g * f for g, f in zip(live[k:], factor)])
-            sb = spec_lower_bounds(layers, hidden, lower, upper, c, d, live[:k], split,
-                                   trace if last else None)
-            if not last:
-                grads = torch.autograd.grad(-sb.lower.sum(), live)
-        lb = sb.lower.detach()
-        better = lb > best_lb
-        best_lb = torch.where(better, lb, best_lb)
-        best_coef = torch.where(better.unsqueeze(-1), sb.coef.detach(), best_coef)
-        if not last:
-            params = _adam_step(state, [p.detach() for p in params],
-                                [g.detach() for g in grads], ceilings)
-    return (SpecBounds(lower=best_lb, coef=best_coef),
-            SplitParams([p.detach() for p in params[:k]], [p.detach() for p in params[k:]]))
+
+    def bound(live: list[Tensor], last: bool) -> SpecBounds:
+        split = Splits(signs, [g * f for g, f in zip(live[k:], factor)])
+        return spec_lower_bounds(layers, hidden, lower, upper, c, d, live[:k], split,
+                                 trace if last else None)
+
+    best_lb, best_coef, params = _adam_best_bound(
+        alphas + gammas, [1.0] * k + [torch.inf] * len(gammas), lr, steps, best_lb,
+        best_coef, bound)
+    return SpecBounds(lower=best_lb, coef=best_coef), SplitParams(params[:k], params[k:])
 
 
 def _row_scale(layers: Layers, c: Tensor) -> list[float]:

@@ -12,14 +12,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
 from milp_oracle import min_margin
-from nets import (export_and_load, hidden_preactivations, random_net, random_spec,
-                  spec_of)
+from nets import export_and_load, hidden_preactivations, random_net, random_spec
 from test_bounds_sound import box_samples, nets_and_boxes, stacked
 from test_oracle_agreement import check_counterexample
 from verirepair.bounds import (Splits, crown_hidden_bounds, optimized_split_lower_bounds,
@@ -31,6 +33,9 @@ from verirepair.verify import leaf_lp, relu_bab
 from verirepair.verify.bab import BabOptions, Deadline, split_kind
 from verirepair.verify.engine import VerifyOptions, verify
 from verirepair.verify.types import Verdict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from split_kinds import robustness_spec  # noqa: E402  (the benchmark's property generator)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -160,44 +165,48 @@ def contradictory_net() -> AffineReluNet:
                           Affine(np.array([[1.0, 1.0]]), np.array([-1.0]))))
 
 
-def test_an_empty_subproblem_is_proven_empty(tmp_path) -> None:
+def contradictory_search(tmp_path, disjuncts: int) -> relu_bab.ReluSearch:
     net = contradictory_net()
     network = export_and_load(net, tmp_path / "empty.onnx")
-    # unsafe: y <= 10 (true everywhere): only emptiness can close the subproblem
+    # unsafe: y <= 10 (true everywhere), and y >= 20 (never): only emptiness closes both
     case = SpecCase(box=Box(np.array([-1.0]), np.array([1.0])),
-                    unsafe=(Halfspaces(np.array([[1.0]]), np.array([10.0])),))
-    layers = torch_layers(network.net)
-    search = relu_bab.ReluSearch(network, layers, case, 0, Deadline.after(30.0), RELU,
-                                 None, None)
-    signs = torch.tensor([1, 1], dtype=torch.int8)
+                    unsafe=(Halfspaces(np.array([[1.0]]), np.array([10.0])),
+                            Halfspaces(np.array([[-1.0]]), np.array([-20.0])))[:disjuncts])
+    return relu_bab.ReluSearch(network, torch_layers(network.net), case, 0,
+                               Deadline.after(30.0), RELU, None, None)
+
+
+def leaf_of(search: relu_bab.ReluSearch, signs: list[int]) -> relu_bab.LeafOutcome:
+    s = torch.tensor(signs, dtype=torch.int8)
     with torch.no_grad():
-        hidden, _ = search._clamped(search._layer_signs(signs[None]), 1)
-        leaf = search._leaf(signs, torch.ones(1, dtype=torch.bool),
-                            torch.tensor([-11.0], dtype=torch.float64), hidden)
+        hidden, _ = search._clamped(search._layer_signs(s[None]), 1)
+        return search._leaf(s, torch.ones(search.ct.n_disjuncts, dtype=torch.bool), hidden)
+
+
+@pytest.mark.parametrize("disjuncts", [1, 2])
+def test_an_empty_subproblem_is_proven_empty(tmp_path, disjuncts: int) -> None:
+    search = contradictory_search(tmp_path, disjuncts)
+    leaf = leaf_of(search, [1, 1])  # z1 >= 0 and z2 >= 0: no such x
     assert leaf.counterexample is None and not leaf.unresolved
     assert bool(leaf.proven.all())
-    # and the same split pattern is not empty when it should not be: z1 >= 0, z2 <= 0
-    signs = torch.tensor([1, -1], dtype=torch.int8)
-    with torch.no_grad():
-        hidden, _ = search._clamped(search._layer_signs(signs[None]), 1)
-        leaf = search._leaf(signs, torch.ones(1, dtype=torch.bool),
-                            torch.tensor([-11.0], dtype=torch.float64), hidden)
-    assert leaf.counterexample is not None  # x = 1 gives y = -0.5 <= 10
+    # z1 >= 0, z2 <= 0 is not empty: x = 1 gives y = -0.5 <= 10
+    assert leaf_of(search, [1, -1]).counterexample is not None
 
 
-def robustness_case(rng: np.random.Generator, net: AffineReluNet, radius: float
-                    ) -> SpecCase:
-    """An L-infinity ball around a random point; unsafe: some other output >= the one the
-    centre ranks first (VNN-COMP robustness style, one row per disjunct)."""
-    x0 = rng.uniform(-1.0, 1.0, net.n_inputs).astype(np.float32).astype(np.float64)
-    top = int(np.argmax(net.forward(x0[None])[0]))
-    disjuncts = []
-    for j in range(net.n_outputs):
-        if j != top:
-            row = np.zeros((1, net.n_outputs))
-            row[0, top], row[0, j] = 1.0, -1.0
-            disjuncts.append(Halfspaces(row, np.zeros(1)))
-    return SpecCase(box=Box(x0 - radius, x0 + radius), unsafe=tuple(disjuncts))
+def test_an_lp_that_wrongly_says_infeasible_proves_nothing(tmp_path, monkeypatch) -> None:
+    """The LP is only a hint: told "infeasible" about a subproblem that is not empty
+    (z1 >= 0, z2 <= 0 holds for x >= 0.5), the leaf must stay unresolved."""
+    search = contradictory_search(tmp_path, 2)
+    monkeypatch.setattr(relu_bab, "solve_lp",
+                        lambda lp, seconds: leaf_lp.LpSolution("infeasible"))
+    leaf = leaf_of(search, [1, -1])
+    assert leaf.unresolved and not bool(leaf.proven.any())
+    # and a lying feasibility LP (optimal, negative slack, made-up multipliers) neither
+    answers = iter([leaf_lp.LpSolution("infeasible"),
+                    leaf_lp.LpSolution("optimal", 0.5, np.zeros(2), np.array([0.5, 0.5]))])
+    monkeypatch.setattr(relu_bab, "solve_lp", lambda lp, seconds: next(answers))
+    leaf = leaf_of(search, [1, -1])
+    assert leaf.unresolved and not bool(leaf.proven.any())
 
 
 MEDIUM_SEEDS = range(40)
@@ -211,8 +220,8 @@ def test_relu_splitting_agrees_with_an_exact_milp_on_wide_inputs(tmp_path) -> No
         rng = np.random.default_rng(50_000 + seed)
         net = random_net(rng, n_in=60, n_out=3, hidden=[16, 16])
         network = export_and_load(net, tmp_path / f"m{seed}.onnx")
-        case = robustness_case(rng, net, float(rng.choice([0.05, 0.1, 0.2])))
-        spec = spec_of(net, case)
+        spec = robustness_spec(rng, net, float(rng.choice([0.05, 0.1, 0.2])))
+        case = spec.cases[0]
         ours = verify(network, spec, VerifyOptions(timeout=30.0))
         margins = [min_margin(net, case.box, hs.matrix, hs.rhs) for hs in case.unsafe]
         assert all(m is not None for m in margins), f"seed {seed}: the MILP did not finish"

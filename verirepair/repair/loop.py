@@ -381,7 +381,7 @@ def _solve(prob: _Problem, options: RepairOptions, report: RepairReport, start: 
     shorts: list[int] = []
     for _ in range(options.split_rounds + options.rounding_rounds + 2):
         if _deadline_left(start, budget) <= 0:
-            report.notes.append("budget ended during the QP phase")
+            report.notes.append(f"budget ended during the {options.patch} patch phase")
             return None
         rows = box_rows(list(zip(prob.specs, prob.parts)))
         eps = grow * row_margins(prob, rows, options)

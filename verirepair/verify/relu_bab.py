@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from verirepair.bounds import (HiddenBounds, SplitParams, Splits, crown_hidden_bounds,
-                               initial_alphas, optimized_split_lower_bounds,
-                               spec_lower_bounds, symbolic_bounds)
+                               initial_alphas, interval_bounds,
+                               optimized_split_lower_bounds, spec_lower_bounds,
+                               symbolic_bounds)
 from verirepair.verify import falsify
 from verirepair.verify.bab import _Search
 from verirepair.verify.leaf_lp import (SplitRow, feasibility_lp, linear_piece, min_max_lp,
@@ -78,7 +79,29 @@ class Subproblems:
 class LeafOutcome:
     proven: Tensor  # (K,) bool: disjuncts the leaf's LPs led to a sound proof of
     counterexample: Counterexample | None
-    unresolved: bool
+    unresolved: bool  # neither proven nor confirmed: the run can only end UNKNOWN
+    timed_out: bool = False  # an LP hit the deadline: the leaf goes back to the queue
+
+
+# A proof from a convex combination of rows must clear the rounding of that combination
+# (the bound's own margin scales with the combined row, which may cancel): this times
+# sum_r theta_r (|c_r| |y|max + |d_r|), far above float64 rounding.
+COMBINATION_MARGIN = 1e-9
+
+
+def clamp_splits(hidden: HiddenBounds, signs: list[Tensor], n: int
+                 ) -> tuple[HiddenBounds, Tensor]:
+    """Bounds valid on n subproblems with split neurons clamped at 0 (still valid there),
+    and which subproblems are empty (a required sign the bounds exclude)."""
+    empty = torch.zeros(n, dtype=torch.bool)
+    lows, ups = [], []
+    for s, l, u in zip(signs, hidden.lower, hidden.upper):
+        empty |= ((s > 0) & (u < 0)).any(1) | ((s < 0) & (l > 0)).any(1)
+        l = torch.where(s > 0, l.clamp_min(0), l)
+        u = torch.where(s < 0, u.clamp_max(0), u)
+        lows.append(l)
+        ups.append(torch.maximum(u, l))
+    return HiddenBounds(tuple(lows), tuple(ups)), empty
 
 
 class ReluSearch(_Search):
@@ -90,6 +113,8 @@ class ReluSearch(_Search):
         super().__init__(*args, **kwargs)
         lo, hi = self.ct.lower[None], self.ct.upper[None]
         self.root_hidden = crown_hidden_bounds(self.layers, lo, hi)
+        y_lo, y_hi = interval_bounds(self.layers, lo, hi)
+        self.output_mag = torch.maximum(y_lo.abs(), y_hi.abs())[0]  # |y| on the box
         self.bounds_ = np.cumsum([0] + self.widths)
         self.np_layers = [(w.numpy(), b.numpy()) for w, b in self.layers]
 
@@ -126,42 +151,85 @@ class ReluSearch(_Search):
         """Root hidden bounds with split neurons clamped at 0 (valid on the subproblem),
         and which of the ``n`` subproblems are empty (a required sign the root bounds
         exclude)."""
-        empty = torch.zeros(n, dtype=torch.bool)
-        lows, ups = [], []
-        for s, l0, u0 in zip(signs, self.root_hidden.lower, self.root_hidden.upper):
-            l, u = l0.expand(n, -1), u0.expand(n, -1)
-            empty |= ((s > 0) & (u < 0)).any(1) | ((s < 0) & (l > 0)).any(1)
-            l = torch.where(s > 0, l.clamp_min(0), l)
-            u = torch.where(s < 0, u.clamp_max(0), u)
-            lows.append(l)
-            ups.append(torch.maximum(u, l))
-        return HiddenBounds(tuple(lows), tuple(ups)), empty
+        root = HiddenBounds(tuple(l.expand(n, -1) for l in self.root_hidden.lower),
+                            tuple(u.expand(n, -1) for u in self.root_hidden.upper))
+        return clamp_splits(root, signs, n)
 
     def _box(self, n: int) -> tuple[Tensor, Tensor]:
         return self.ct.lower[None].expand(n, -1), self.ct.upper[None].expand(n, -1)
 
     # -- branching -----------------------------------------------------------------
     def _choose(self, alive: Tensor, hidden: HiddenBounds, row_lb: Tensor, disj_lb: Tensor,
-                trace: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """(neuron to split (N,), whether a free unstable neuron is left (N,)): the best
-        row of the worst open disjunct, and its relaxation cost per neuron."""
-        ct = self.ct
+                trace: list[Tensor], k: int = 1) -> tuple[Tensor, Tensor]:
+        """(the ``k`` best neurons to split, best first (N, k), whether a free unstable
+        neuron is left (N,)): the best row of the worst open disjunct, and its relaxation
+        cost per neuron (BaBSR-like). Whether a subproblem is a leaf comes from its bounds
+        alone, never from the scores; a candidate may be a non-free neuron only when
+        fewer than ``k`` are free (the caller skips those)."""
         n = row_lb.shape[0]
+        frees = [(l < 0) & (u > 0) for l, u in zip(hidden.lower, hidden.upper)]
+        if not frees:
+            return torch.zeros((n, 1), dtype=torch.long), torch.zeros(n, dtype=torch.bool)
+        free = torch.cat(frees, dim=1)
+        has_free = free.any(1)
+        k = min(k, free.shape[1])
+        if row_lb.shape[1] == 0:  # no row to score: any free neuron
+            return free.to(torch.uint8).argmax(1, keepdim=True), has_free
+        ct = self.ct
         worst = torch.where(alive, disj_lb, torch.inf).argmin(1)
         in_worst = ct.group.unsqueeze(0) == worst.unsqueeze(1)
         row = torch.where(in_worst, row_lb, -torch.inf).argmax(1)
         rows = torch.arange(n)
         scores = []
-        for lam, l, u in zip(trace, hidden.lower, hidden.upper):
-            free = (l < 0) & (u > 0)
-            gap = torch.where(free, u * -l / (u - l).clamp_min(1e-300), torch.zeros_like(l))
-            cost = lam[rows, row].abs() * gap + 1e-12 * gap
-            scores.append(torch.where(free, cost, torch.full_like(cost, -1.0)))
-        if not scores:
-            return torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.bool)
-        score = torch.cat(scores, dim=1)
-        best = score.max(dim=1)
-        return best.indices, best.values > 0
+        for lam, l, u, f in zip(trace, hidden.lower, hidden.upper, frees):
+            gap = torch.where(f, u * -l / (u - l).clamp_min(1e-300), torch.zeros_like(l))
+            cost = (lam[rows, row].abs() * gap).nan_to_num(nan=0.0, posinf=1e300)
+            scores.append(torch.where(f, cost + 1e-12 * gap, torch.full_like(cost, -1.0)))
+        return torch.topk(torch.cat(scores, dim=1), k, dim=1).indices, has_free
+
+    def _filtered_choice(self, cands: Tensor, signs: Tensor, alive: Tensor,
+                         hidden: HiddenBounds, params: SplitParams) -> Tensor:
+        """Filtered smart branching: bound both children of every candidate once (the
+        parent's hidden bounds with the new split clamped in, its slopes and
+        multipliers, no optimisation) and take the candidate whose weaker child is the
+        strongest. (N, k) candidates -> (N,) neurons; subproblems in chunks of at most
+        ``relu_filter_elements`` tensor elements."""
+        n, k = cands.shape
+        per = 2 * k * max(self.ct.c.shape[0], 1) * (sum(self.widths)
+                                                    + self.ct.lower.shape[0] + 1)
+        step = max(1, int(self.options.relu_filter_elements // per))
+        return torch.cat([self._filter_chunk(
+            cands[a:a + step], signs[a:a + step], alive[a:a + step],
+            hidden.select(slice(a, a + step)),
+            SplitParams([x[a:a + step] for x in params.alphas],
+                        [x[a:a + step] for x in params.gammas]))
+            for a in range(0, n, step)])
+
+    def _filter_chunk(self, cands: Tensor, signs: Tensor, alive: Tensor,
+                      hidden: HiddenBounds, params: SplitParams) -> Tensor:
+        ct = self.ct
+        n, k = cands.shape
+        rep = torch.arange(n).repeat_interleave(2 * k)
+        child = signs[rep].clone()
+        neuron = cands.repeat_interleave(2, dim=1).reshape(-1)
+        was_free = child[torch.arange(n * 2 * k), neuron] == FREE
+        child[torch.arange(n * 2 * k), neuron] = torch.tensor(
+            [ACTIVE, INACTIVE], dtype=torch.int8).repeat(n * k)
+        layer_signs = self._layer_signs(child)
+        bounds, empty = clamp_splits(hidden.select(rep), layer_signs, n * 2 * k)
+        lo, hi = self._box(n * 2 * k)
+        sb, _ = optimized_split_lower_bounds(
+            self.layers, bounds, lo, hi, ct.c, ct.d, layer_signs, steps=0,
+            lr=self.options.alpha_lr, beta_lr=self.options.relu_beta_lr,
+            start=SplitParams([a[rep] for a in params.alphas],
+                              [g[rep] for g in params.gammas]))
+        disj = group_max(sb.lower, ct.group, ct.n_disjuncts)
+        worst = torch.where(alive[rep], disj, torch.inf).amin(1)
+        worst = torch.where(empty, torch.inf, worst).nan_to_num(nan=-torch.inf)
+        worst = torch.where(was_free, worst, -torch.inf)  # only free neurons qualify
+        weaker = worst.reshape(n, k, 2).amin(2)
+        pick = weaker.argmax(1)
+        return cands[torch.arange(n), pick]
 
     @staticmethod
     def _split(batch: Subproblems, neuron: Tensor) -> Subproblems:
@@ -190,8 +258,7 @@ class ReluSearch(_Search):
                                                 self.options.pgd_steps))
 
     # -- leaves ----------------------------------------------------------------------
-    def _leaf(self, signs: Tensor, alive: Tensor, row_lb: Tensor, hidden: HiddenBounds
-              ) -> LeafOutcome:
+    def _leaf(self, signs: Tensor, alive: Tensor, hidden: HiddenBounds) -> LeafOutcome:
         """Decide a subproblem without free unstable neurons (under its hidden bounds
         ``hidden``, valid on it, one row), disjunct by disjunct."""
         ct = self.ct
@@ -208,11 +275,12 @@ class ReluSearch(_Search):
             lp = min_max_lp(piece, c[rows.numpy()], d[rows.numpy()], splits, lo, hi)
             sol = solve_lp(lp, self.deadline.seconds - self.deadline.elapsed())
             if sol.status == "infeasible":
-                if self._prove_empty(piece, splits, layer_signs, hidden, rows, row_lb):
+                if self._prove_empty(piece, splits, layer_signs, hidden):
                     return LeafOutcome(torch.ones_like(alive), None, False)
                 return LeafOutcome(proven, None, True)
             if sol.status != "optimal":
-                return LeafOutcome(proven, None, True)
+                return LeafOutcome(proven, None, not self.deadline.expired(),
+                                   timed_out=self.deadline.expired())
             if sol.value <= 0:
                 x = torch.as_tensor(sol.x[:-1]).clamp(ct.lower, ct.upper)[None]
                 cex = self._confirm(falsify.Candidates(x, torch.zeros(1)))
@@ -245,16 +313,20 @@ class ReluSearch(_Search):
         if not np.isfinite(duals).all() or theta.sum() <= 0:
             return False
         scale = theta.sum()
-        c = torch.as_tensor(theta / scale) @ self.ct.c[rows]
-        d = torch.as_tensor(theta / scale) @ self.ct.d[rows]
+        weights = torch.as_tensor(theta / scale)
+        c = weights @ self.ct.c[rows]
+        d = weights @ self.ct.d[rows]
+        rows_mag = self.ct.c[rows].abs() @ self.output_mag + self.ct.d[rows].abs()
         betas = self._beta_tensors(lp.splits, duals[lp.n_objective_rows:] / scale)
-        return self._sound_lower(hidden, layer_signs, c[None], d[None], betas) > 0
+        return (self._sound_lower(hidden, layer_signs, c[None], d[None], betas)
+                > COMBINATION_MARGIN * float(weights @ rows_mag))
 
     def _prove_empty(self, piece, splits: list[SplitRow], layer_signs: list[Tensor],
-                     hidden: HiddenBounds, rows: Tensor, row_lb: Tensor) -> bool:
+                     hidden: HiddenBounds) -> bool:
         """An LP said the subproblem is empty: rebuild that soundly. The feasibility LP's
-        multipliers mu (sum 1) make max over the box of sum mu sign z negative; M mu as
-        split multipliers then lifts any row's bound above 0 for M large enough."""
+        multipliers mu (sum 1) make max over the box of sum mu sign z negative. On the
+        subproblem 0 >= -sum mu sign z, so a sound lower bound > 0 of the zero row with
+        mu as split multipliers shows that no input satisfies the splits."""
         lo, hi = self.ct.lower.numpy(), self.ct.upper.numpy()
         sol = solve_lp(feasibility_lp(piece, splits, lo, hi),
                        self.deadline.seconds - self.deadline.elapsed())
@@ -264,15 +336,10 @@ class ReluSearch(_Search):
         mu = np.abs(sol.row_duals)
         if not np.isfinite(mu).all() or mu.sum() <= 0:
             return False
-        mu = mu / mu.sum()
-        r = int(rows[0])
-        need = max(0.0, -float(row_lb[r])) + 1.0
-        for factor in (2.0, 20.0, 2000.0):
-            betas = self._beta_tensors(splits, mu * factor * need / -slack)
-            if self._sound_lower(hidden, layer_signs, self.ct.c[r][None], self.ct.d[r][None],
-                                 betas) > 0:
-                return True
-        return False
+        zero = torch.zeros((1, self.ct.c.shape[1]), dtype=torch.float64)
+        betas = self._beta_tensors(splits, mu / mu.sum())
+        return self._sound_lower(hidden, layer_signs, zero,
+                                 torch.zeros(1, dtype=torch.float64), betas) > 0
 
     # -- one round -------------------------------------------------------------------
     def _round(self, queue, iteration: int) -> Counterexample | None:
@@ -310,18 +377,28 @@ class ReluSearch(_Search):
                                           row_lb[open_], prio[open_])
         if cex is not None:
             return cex
-        neuron, has_free = self._choose(alive, hidden, row_lb, disj_lb, trace)
+        cands, has_free = self._choose(alive, hidden, row_lb, disj_lb, trace,
+                                       max(1, opt.relu_branch_candidates))
         now = Subproblems(batch.signs, alive, prio, alphas, gammas)
         keep = open_ & has_free
         if bool(keep.any()):
-            queue.push(self._split(now.select(keep), neuron[keep]))
+            neuron = cands[keep, 0]
+            if cands.shape[1] > 1:
+                neuron = self._filtered_choice(
+                    cands[keep], batch.signs[keep], alive[keep], hidden.select(keep),
+                    SplitParams([a[keep] for a in params.alphas],
+                                [g[keep] for g in params.gammas]))
+            queue.push(self._split(now.select(keep), neuron))
         leaves = (open_ & ~has_free).nonzero().flatten().tolist()
         for done, i in enumerate(leaves):
             if self.deadline.expired():  # back to the queue: the run ends in TIMEOUT
                 queue.push(now.select(torch.tensor(leaves[done:])))
                 break
-            leaf = self._leaf(batch.signs[i], alive[i], row_lb[i], hidden.select([i]))
+            leaf = self._leaf(batch.signs[i], alive[i], hidden.select([i]))
             if leaf.counterexample is not None:
                 return leaf.counterexample
+            if leaf.timed_out:
+                queue.push(now.select(torch.tensor(leaves[done:])))
+                break
             self.unresolved += int(leaf.unresolved)
         return None
