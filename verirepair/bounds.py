@@ -364,8 +364,10 @@ def optimized_split_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Te
         alphas = initial_alphas(hidden, rows)
         gammas = [torch.zeros((n, rows, s.shape[1]), dtype=lower.dtype) for s in signs]
     else:
-        alphas = [a.to(lower.dtype).clamp(0.0, 1.0) for a in start.alphas]
-        gammas = [g.to(lower.dtype).clamp_min(0.0) for g in start.gammas]
+        # NaN (from a diverged step) restarts at 0: still sound, only looser
+        alphas = [a.to(lower.dtype).nan_to_num(0.0).clamp(0.0, 1.0) for a in start.alphas]
+        gammas = [g.to(lower.dtype).nan_to_num(0.0, posinf=0.0).clamp_min(0.0)
+                  for g in start.gammas]
     factor = [(s != 0).to(lower.dtype).unsqueeze(1) * (sc * beta_lr / lr)
               for s, sc in zip(signs, _row_scale(layers, c))]
     k = len(alphas)

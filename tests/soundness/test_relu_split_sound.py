@@ -24,14 +24,15 @@ from milp_oracle import min_margin
 from nets import export_and_load, hidden_preactivations, random_net, random_spec
 from test_bounds_sound import box_samples, nets_and_boxes, stacked
 from test_oracle_agreement import check_counterexample
-from verirepair.bounds import (Splits, crown_hidden_bounds, optimized_split_lower_bounds,
-                               spec_lower_bounds)
+from verirepair.bounds import (SplitParams, Splits, crown_hidden_bounds,
+                               optimized_split_lower_bounds, spec_lower_bounds)
 from verirepair.net_types import Affine, AffineReluNet
 from verirepair.network import torch_layers
 from verirepair.spec_types import Box, Halfspaces, SpecCase
 from verirepair.verify import leaf_lp, relu_bab
-from verirepair.verify.bab import BabOptions, Deadline, split_kind
+from verirepair.verify.bab import BabOptions, Deadline, Queue, split_kind
 from verirepair.verify.engine import VerifyOptions, verify
+from verirepair.verify.problem import group_max
 from verirepair.verify.types import Verdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -110,6 +111,49 @@ def test_auto_split_kind_follows_the_input_count() -> None:
     assert split_kind(BabOptions(split="input"), 784, 2) == "input"
     with pytest.raises(ValueError):
         split_kind(BabOptions(split="neurons"), 5, 1)
+
+
+def test_branching_only_picks_neurons_that_straddle_zero(tmp_path) -> None:
+    """Filtered smart branching with more candidates than unstable neurons (so the top-k
+    holds stable and split ones too) still splits an unsplit neuron with l < 0 < u."""
+    checked = 0
+    for seed in range(12):
+        rng = np.random.default_rng(32_000 + seed)
+        net = random_net(rng, n_in=6, n_out=2, hidden=[8, 8])
+        network = export_and_load(net, tmp_path / f"b{seed}.onnx")
+        spec = random_spec(rng, net)
+        search = relu_bab.ReluSearch(network, torch_layers(network.net), spec.cases[0], 0,
+                                     Deadline.after(30.0), RELU, None, None)
+        queue = Queue(search._root(), 10**6)
+        with torch.no_grad():
+            for iteration in range(6):  # a few rounds, then inspect one more batch
+                if not len(queue) or search._round(queue, iteration) is not None:
+                    break
+            if not len(queue):
+                continue
+            batch = queue.pop(64)
+            signs = search._layer_signs(batch.signs)
+            hidden, _ = search._clamped(signs, len(batch))
+            lo, hi = search._box(len(batch))
+            ct = search.ct
+            trace: list[torch.Tensor] = []
+            sb, params = optimized_split_lower_bounds(
+                search.layers, hidden, lo, hi, ct.c, ct.d, signs, steps=2, trace=trace)
+            trace.reverse()
+            disj = group_max(sb.lower, ct.group, ct.n_disjuncts)
+            cands, has_free = search._choose(batch.alive, hidden, sb.lower, disj, trace, 16)
+            if not bool(has_free.any()):
+                continue
+            keep = has_free
+            picked = search._filtered_choice(
+                cands[keep], batch.signs[keep], batch.alive[keep], hidden.select(keep),
+                SplitParams([a[keep] for a in params.alphas],
+                            [g[keep] for g in params.gammas]))
+        free = torch.cat([(l < 0) & (u > 0) for l, u in zip(hidden.lower, hidden.upper)],
+                         dim=1)[keep]
+        assert bool(free[torch.arange(len(picked)), picked].all()), f"seed {seed}"
+        checked += len(picked)
+    assert checked > 0
 
 
 @pytest.fixture()

@@ -93,7 +93,7 @@ class BabOptions:
     # 3: 30 / 41.7, 6: 31 / 24.9, 10: 31 / 18.9, 16: 32 / 9.2; 40 instances with 8-100
     # inputs: k = 16: 40 / 14.4, 32: 40 / 6.1, 64: 40 / 8.3.
     relu_branch_candidates: int = 32
-    relu_filter_elements: float = 3e7  # children bounded at once (memory)
+    relu_filter_elements: float = 3e7  # tensor elements (about) per batch of children
     seed: int = 0
 
 

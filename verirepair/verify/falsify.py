@@ -88,6 +88,8 @@ def linear_surrogate_points(coef: Tensor, row_lb: Tensor, lower: Tensor, upper: 
     lower bounds ``coef @ x + const`` over the box (projected sign-subgradient descent
     with a halving step). Returns candidate points (N, K, n_in) for the real network."""
     mid, rad = (upper + lower) / 2, (upper - lower) / 2
+    if coef.shape[1] == 0:  # no rows (every disjunct trivially unsafe): the centres
+        return mid.unsqueeze(1).repeat(1, n_groups, 1)
     const = row_lb - (torch.einsum("nri,ni->nr", coef, mid)
                       - torch.einsum("nri,ni->nr", coef.abs(), rad))
     x = mid.unsqueeze(1).repeat(1, n_groups, 1)  # (N, K, n)

@@ -195,8 +195,10 @@ class ReluSearch(_Search):
         strongest. (N, k) candidates -> (N,) neurons; subproblems in chunks of at most
         ``relu_filter_elements`` tensor elements."""
         n, k = cands.shape
-        per = 2 * k * max(self.ct.c.shape[0], 1) * (sum(self.widths)
-                                                    + self.ct.lower.shape[0] + 1)
+        # per child: about 9 tensors of R x H (slopes, multipliers, their copies, Adam
+        # state) and 3 of R x n_in (coefficients)
+        per = 2 * k * max(self.ct.c.shape[0], 1) * (9 * sum(self.widths)
+                                                    + 3 * self.ct.lower.shape[0] + 1)
         step = max(1, int(self.options.relu_filter_elements // per))
         return torch.cat([self._filter_chunk(
             cands[a:a + step], signs[a:a + step], alive[a:a + step],
@@ -212,7 +214,11 @@ class ReluSearch(_Search):
         rep = torch.arange(n).repeat_interleave(2 * k)
         child = signs[rep].clone()
         neuron = cands.repeat_interleave(2, dim=1).reshape(-1)
-        was_free = child[torch.arange(n * 2 * k), neuron] == FREE
+        # only neurons that straddle 0 under the parent's bounds qualify (a split one is
+        # clamped, a stable one would give the parent again and an empty child)
+        free = torch.cat([(l < 0) & (u > 0) for l, u in zip(hidden.lower, hidden.upper)],
+                         dim=1)
+        was_free = free[rep, neuron]
         child[torch.arange(n * 2 * k), neuron] = torch.tensor(
             [ACTIVE, INACTIVE], dtype=torch.int8).repeat(n * k)
         layer_signs = self._layer_signs(child)
@@ -277,10 +283,9 @@ class ReluSearch(_Search):
             if sol.status == "infeasible":
                 if self._prove_empty(piece, splits, layer_signs, hidden):
                     return LeafOutcome(torch.ones_like(alive), None, False)
-                return LeafOutcome(proven, None, True)
+                return self._undecided(proven)
             if sol.status != "optimal":
-                return LeafOutcome(proven, None, not self.deadline.expired(),
-                                   timed_out=self.deadline.expired())
+                return self._undecided(proven)
             if sol.value <= 0:
                 x = torch.as_tensor(sol.x[:-1]).clamp(ct.lower, ct.upper)[None]
                 cex = self._confirm(falsify.Candidates(x, torch.zeros(1)))
@@ -290,6 +295,12 @@ class ReluSearch(_Search):
                 return LeafOutcome(proven, None, True)
             proven[k] = True
         return LeafOutcome(proven, None, False)
+
+    def _undecided(self, proven: Tensor) -> LeafOutcome:
+        """A leaf left undecided: back to the queue when the deadline cut an LP short
+        (the run ends TIMEOUT), else unresolved (the run can only end UNKNOWN)."""
+        late = self.deadline.expired()
+        return LeafOutcome(proven, None, unresolved=not late, timed_out=late)
 
     def _beta_tensors(self, splits: list[SplitRow], mult: np.ndarray) -> list[Tensor]:
         betas = [torch.zeros((1, 1, w), dtype=torch.float64) for w in self.widths]
