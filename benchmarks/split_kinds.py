@@ -9,13 +9,14 @@ instance is decided by ``verify`` with ``BabOptions(split="input")`` and with
 torch single-threaded. Both are sound, so a holds/violated disagreement is a bug and is
 counted as wrong; every violated answer carries an onnxruntime-confirmed counterexample.
 
-    python benchmarks/split_kinds.py                      # dims 8..100, 8 seeds, 20 s
+    python benchmarks/split_kinds.py                      # dims 5..100, 8 seeds, 20 s
     python benchmarks/split_kinds.py --dims 12,24 --seeds 4 --timeout 10
 
 Writes OUT/split_kinds.csv (dim, seed, radius, kind, verdict, seconds, subproblems) and
-OUT/split_kinds.md (per dimension and kind: decided, sum and median seconds; the
-dimension from which ReLU splitting decides at least as many instances in less total
-time). Progress on stderr. Exit 1 if any answer disagrees.
+OUT/split_kinds.md (per dimension and kind: decided, sum and median seconds, the largest
+count of boxes (input) or subproblems (relu) bounded; the dimension from which ReLU
+splitting decides at least as many instances in no more total time). Progress on stderr.
+Exit 1 if any answer disagrees.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def summary(rows: list[dict], args: argparse.Namespace) -> tuple[str, int]:
         elif not relu_wins:
             better_from = None
     lines += ["", f"Disagreements (wrong answers): {wrong}.",
-              f"ReLU splitting decides at least as many in less total time from "
+              f"ReLU splitting decides at least as many in no more total time from "
               f"{better_from if better_from is not None else '(no tested dimension)'} "
               f"inputs on (and at every larger tested dimension)."]
     return "\n".join(lines) + "\n", wrong

@@ -1,6 +1,6 @@
 """Sound output bounds over a batch of input boxes.
 
-Three methods, one call shape ``method(layers, lower, upper, ...)``:
+The methods share one call shape ``method(layers, lower, upper, ...)``:
 
 - :func:`interval_bounds` — interval bound propagation (IBP).
 - :func:`symbolic_bounds` — forward linear bounds in terms of the input (symbolic
@@ -9,6 +9,10 @@ Three methods, one call shape ``method(layers, lower, upper, ...)``:
 - :func:`spec_lower_bounds` — backward linear relaxation (CROWN) of ``C @ y - d`` using
   given hidden-layer bounds; returns the lower bounds and the input-space linear
   coefficients (used to choose split dimensions and candidate counterexamples).
+  With :class:`Splits` it bounds a subproblem of ReLU splitting (beta-CROWN).
+- :func:`crown_hidden_bounds` — the hidden layers' bounds by backward CROWN.
+- :func:`optimized_spec_lower_bounds` (alpha-CROWN: optimised lower ReLU slopes) and
+  :func:`optimized_split_lower_bounds` (alpha-beta-CROWN: slopes and split multipliers).
 
 Soundness under floating point: all arithmetic is float64 on float32-exact weights and
 every concrete bound is widened outward by ``REL_MARGIN`` times the magnitude of the terms

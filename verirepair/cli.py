@@ -628,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what the bab engine splits: input intervals (few inputs, "
                             "e.g. ACAS Xu), ReLU neurons (many inputs), or auto: ReLU "
                             f"splitting from {BabOptions().relu_split_min_inputs} inputs "
-                            "on (default auto)")
+                            "on when the network has a hidden layer (default auto; not "
+                            "passed to --cross-check)")
     check.add_argument("--cross-check", choices=sorted(ENGINES), metavar="ENGINE",
                        help="confirm a 'holds' with this second engine (its own --timeout);"
                             " if it says 'violated' the run fails with exit code "
@@ -640,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--result-file", help="write the VNN-COMP result file here")
     check.add_argument("--quiet", action="store_true", help="no progress on stderr")
     check.add_argument("--threads", type=_threads, default=0,
-                       help="torch threads (default: all cores)")
+                       help="torch threads (default 0: all cores, or 1 for networks with "
+                            f"fewer than {SMALL_NETWORK_NEURONS} hidden neurons)")
     check.set_defaults(run=_cmd_check)
     _add_repair_parser(sub)
     _add_localize_parser(sub)

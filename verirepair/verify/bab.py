@@ -1,4 +1,8 @@
-"""Complete input-splitting branch and bound over a batch of boxes.
+"""Complete branch and bound: input splitting over a batch of boxes (this module), or
+ReLU splitting (verify/relu_bab.py, a subclass of the search here), chosen per case by
+:func:`split_kind` (``BabOptions.split``; "auto": ReLU splitting for networks with a hidden
+layer and at least ``relu_split_min_inputs`` inputs). The rest of this docstring is
+about input splitting.
 
 Requires: a lowered ReLU network and one spec case (box + disjunction of output polytopes).
 Returns: HOLDS when every sub-box is proven (a lower bound of some row of every disjunct
@@ -77,13 +81,19 @@ class BabOptions:
     wide_attack_share: float = 0.2
     # What branch and bound splits: "input" intervals (suits few inputs, e.g. ACAS Xu's
     # 5), "relu" neurons (verify/relu_bab.py; the input box stays whole), or "auto":
-    # ReLU splitting from `relu_split_min_inputs` inputs on (when there is a hidden layer)
+    # ReLU splitting from `relu_split_min_inputs` inputs on (when there is a hidden layer).
+    # ReLU splitting uses the relu_* fields below instead of batch_size, alpha_steps, the
+    # alpha gate, hidden_bounds (always CROWN), min_rel_width, attack_boxes and
+    # attack_starts; it shares alpha_lr (slope step), the attack fields, confirm_per_round
+    # and seed.
     split: str = "auto"
     relu_split_min_inputs: int = 12
     relu_batch_size: int = 256
     relu_bound_steps: int = 8  # alpha-beta-CROWN steps per subproblem batch
     relu_tighten: bool = True  # recompute the hidden bounds of every subproblem
-    relu_queue_bytes: float = 2e9  # warm-start state kept best-first (then depth-first)
+    # best-first while the queued warm-start state stays under this (at least 1000
+    # subproblems), then depth-first (which keeps the queue short); not a hard cap
+    relu_queue_bytes: float = 2e9
     relu_beta_lr: float = 0.05
     relu_attack_subproblems: int = 32  # PGD from the bound minimisers of this many
     # Filtered smart branching: both children of the k best-scored neurons are bounded

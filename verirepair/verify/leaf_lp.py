@@ -1,7 +1,7 @@
 """Linear programs for the leaves of ReLU-splitting branch and bound.
 
-A subproblem in which every ReLU is fixed (active, inactive, or stable on the whole box)
-is linear: z_k = x @ A_k + a_k for every hidden layer and y = x @ A + a. Whether some
+A subproblem in which every ReLU is fixed (split, or stable under the subproblem's own
+hidden bounds) is linear: z_k = x @ A_k + a_k for every hidden layer and y = x @ A + a. Whether some
 input of the box that keeps the split constraints (sign * z >= 0) satisfies a disjunct of
 the unsafe set is then one LP: minimise t subject to ``c_r . y - d_r <= t`` for the
 disjunct's rows r. Encodings here are plain data (:class:`Lp`); :func:`solve_lp` hands

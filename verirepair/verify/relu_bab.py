@@ -5,20 +5,28 @@ hopeless for hundreds. Here the input box stays whole and the search splits unst
 ReLUs instead: a subproblem requires some neurons active (z >= 0) and some inactive
 (z <= 0).
 
-- Bounds: the hidden bounds of the whole box (CROWN, computed once) clamped at 0 for the
-  split neurons, then alpha-beta-CROWN on the output rows
-  (bounds.optimized_split_lower_bounds: the split constraints enter through Lagrange
-  multipliers; every iterate is a sound bound). A subproblem whose clamped bounds are
-  contradictory (required active, but its upper bound is negative) is empty.
-- Branching: per subproblem, the free unstable neuron whose relaxation costs the best row
-  of its worst open disjunct the most: |coefficient| x u(-l)/(u-l) (BaBSR-like).
-- Leaves: a subproblem with no free unstable neuron is linear, and an LP (HiGHS,
-  verify/leaf_lp.py) decides each open disjunct. Its answer is only a hint: a proof is
-  rebuilt from the LP's multipliers by the same sound bound, a point is confirmed in
-  onnxruntime. A leaf that gets neither is counted unresolved (the run ends UNKNOWN).
-- Falsification: the opening and wide attacks of input splitting, plus every round the
-  points that minimise the rows' linear bounds, and PGD started from those of the most
-  promising subproblems.
+- Bounds: the hidden bounds of the whole box (CROWN, computed once), clamped at 0 for the
+  split neurons and, with ``relu_tighten`` (default), re-tightened per subproblem
+  (symbolic, then CROWN, with the clamps as prior); then alpha-beta-CROWN on the output
+  rows (bounds.optimized_split_lower_bounds: the split constraints enter through Lagrange
+  multipliers; every iterate is a sound bound), warm-started from the parent's slopes
+  and multipliers. A subproblem whose root bounds contradict a split (required active,
+  but its upper bound is negative) is empty.
+- Branching: the neurons that straddle 0 are scored by how much their relaxation costs
+  the best row of the worst open disjunct, |coefficient| x u(-l)/(u-l) (BaBSR-like);
+  both children of the ``relu_branch_candidates`` (32) best are bounded once (parent's
+  bounds, the new split clamped in, the parent's parameters) and the neuron whose weaker
+  child is strongest is split (filtered smart branching; 1 = the score alone).
+- Leaves: a subproblem in which no unsplit neuron straddles 0 under its own bounds is
+  linear, and an LP per open disjunct (HiGHS, verify/leaf_lp.py) decides it; an
+  infeasible LP is followed by a feasibility LP. LP answers are only hints: a proof is
+  rebuilt from the LP's multipliers by the same sound bound (emptiness from the zero
+  row), a point is confirmed in onnxruntime. A leaf that gets neither is counted
+  unresolved: the search goes on, but can then end UNKNOWN instead of HOLDS. An LP cut
+  short by the deadline puts its leaf back in the queue (the run ends TIMEOUT).
+- Falsification: the opening and wide attacks of input splitting; every round the
+  points that minimise the rows' linear bounds; every ``attack_every`` rounds PGD from
+  those of the ``relu_attack_subproblems`` most promising subproblems.
 
 Sound: yes. Complete: yes up to the LP's numerics (finitely many patterns).
 Reference: Wang et al., "Beta-CROWN", NeurIPS 2021; Bunel et al., "Branch and Bound for
