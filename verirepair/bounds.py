@@ -372,12 +372,12 @@ def optimized_split_lower_bounds(layers: Layers, hidden: HiddenBounds, lower: Te
         alphas = [a.to(lower.dtype).nan_to_num(0.0).clamp(0.0, 1.0) for a in start.alphas]
         gammas = [g.to(lower.dtype).nan_to_num(0.0, posinf=0.0).clamp_min(0.0)
                   for g in start.gammas]
-    factor = [(s != 0).to(lower.dtype).unsqueeze(1) * (sc * beta_lr / lr)
-              for s, sc in zip(signs, _row_scale(layers, c))]
     k = len(alphas)
     if not k:  # no hidden layer: nothing to optimise, CROWN is exact
         return (spec_lower_bounds(layers, hidden, lower, upper, c, d, trace=trace),
                 SplitParams([], []))
+    factor = [(s != 0).to(lower.dtype).unsqueeze(1) * (sc * beta_lr / lr)
+              for s, sc in zip(signs, _row_scale(layers, c))]
     best_lb = torch.full((n, rows), -torch.inf, dtype=lower.dtype)
     best_coef = torch.zeros((n, rows, lower.shape[1]), dtype=lower.dtype)
 

@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from nets import export_and_load, random_net, random_spec
-from test_bounds_sound import box_samples, nets_and_boxes, stacked
+from test_bounds_sound import box_samples, nets_and_boxes, spec_rows, stacked
 from test_oracle_agreement import check_counterexample
 from verirepair.bounds import (crown_hidden_bounds, optimized_spec_lower_bounds,
                                spec_lower_bounds)
@@ -37,9 +37,7 @@ def test_bab_style_alpha_bound_contains_samples(data) -> None:
     rng = np.random.default_rng(seed)
     layers = torch_layers(net)
     lo, hi = stacked(bxs)
-    n_rows = int(rng.integers(1, 4))
-    c = torch.as_tensor(rng.standard_normal((n_rows, net.n_outputs)))
-    d = torch.as_tensor(rng.standard_normal(n_rows))
+    c, d = spec_rows(rng, net.n_outputs)
     with torch.no_grad():
         hidden = crown_hidden_bounds(layers, lo, hi)
         initial = spec_lower_bounds(layers, hidden, lo, hi, c, d)

@@ -91,6 +91,14 @@ def stacked(bxs: list[Box]) -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
+def spec_rows(rng: np.random.Generator, n_out: int, max_rows: int = 3
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """1..max_rows random spec rows ``c`` (R, n_out) and thresholds ``d`` (R,)."""
+    n_rows = int(rng.integers(1, max_rows + 1))
+    return (torch.as_tensor(rng.standard_normal((n_rows, n_out))),
+            torch.as_tensor(rng.standard_normal(n_rows)))
+
+
 def my_ibp_hidden(net: AffineReluNet, lo: np.ndarray, hi: np.ndarray) -> HiddenBounds:
     """Independent (looser) valid hidden bounds: plain IBP, widened by 1e-9 relative."""
     lows, ups = [], []
@@ -115,9 +123,8 @@ def check_all_bounds(net: AffineReluNet, bxs: list[Box], seed: int) -> None:
     with torch.no_grad():
         out_lo, out_hi = interval_bounds(layers, lo_t, hi_t)
         hidden = symbolic_bounds(layers, lo_t, hi_t)
-        n_rows = int(rng.integers(1, 5))
-        c = torch.as_tensor(rng.standard_normal((n_rows, net.n_outputs)))
-        d = torch.as_tensor(rng.standard_normal(n_rows))
+        c, d = spec_rows(rng, net.n_outputs, max_rows=4)
+        n_rows = c.shape[0]
         spec = spec_lower_bounds(layers, hidden, lo_t, hi_t, c, d)
         loose = my_ibp_hidden(net, lo_t.numpy(), hi_t.numpy())
         spec_loose = spec_lower_bounds(layers, loose, lo_t, hi_t, c, d)
@@ -229,9 +236,7 @@ def test_spec_bounds_with_any_slopes_contain_samples(data) -> None:
     rng = np.random.default_rng(seed)
     layers = torch_layers(net)
     lo_t, hi_t = stacked(bxs)
-    n_rows = int(rng.integers(1, 4))
-    c = torch.as_tensor(rng.standard_normal((n_rows, net.n_outputs)))
-    d = torch.as_tensor(rng.standard_normal(n_rows))
+    c, d = spec_rows(rng, net.n_outputs)
     results = []
     with torch.no_grad():
         hiddens = [symbolic_bounds(layers, lo_t, hi_t)]
@@ -240,7 +245,7 @@ def test_spec_bounds_with_any_slopes_contain_samples(data) -> None:
         for hidden in hiddens:
             if "alphas" in inspect.signature(spec_lower_bounds).parameters:
                 for _ in range(3):
-                    alphas = [torch.as_tensor(rng.random((len(bxs), n_rows, l.shape[1])))
+                    alphas = [torch.as_tensor(rng.random((len(bxs), c.shape[0], l.shape[1])))
                               for l in hidden.lower]
                     results.append(spec_lower_bounds(layers, hidden, lo_t, hi_t, c, d,
                                                      alphas).lower)

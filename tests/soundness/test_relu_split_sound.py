@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 
 from milp_oracle import min_margin
 from nets import export_and_load, hidden_preactivations, random_net, random_spec
-from test_bounds_sound import box_samples, nets_and_boxes, stacked
+from test_bounds_sound import box_samples, nets_and_boxes, spec_rows, stacked
 from test_oracle_agreement import check_counterexample
 from verirepair.bounds import (SplitParams, Splits, crown_hidden_bounds,
                                optimized_split_lower_bounds, spec_lower_bounds)
@@ -45,16 +45,6 @@ SEEDS = range(30_000, 30_150)
 DECIDED = (Verdict.HOLDS, Verdict.VIOLATED)
 
 
-def clamp(hidden, signs):
-    lows, ups = [], []
-    for l, u, s in zip(hidden.lower, hidden.upper, signs):
-        l2 = torch.where(s > 0, l.clamp_min(0), l)
-        u2 = torch.where(s < 0, u.clamp_max(0), u)
-        lows.append(l2)
-        ups.append(torch.maximum(u2, l2))
-    return type(hidden)(tuple(lows), tuple(ups))
-
-
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nets_and_boxes(max_boxes=1))
 def test_split_bounds_contain_samples_that_keep_the_splits(data) -> None:
@@ -62,9 +52,8 @@ def test_split_bounds_contain_samples_that_keep_the_splits(data) -> None:
     rng = np.random.default_rng(seed)
     layers = torch_layers(net)
     lo, hi = stacked(bxs)
-    rows = int(rng.integers(1, 4))
-    c = torch.as_tensor(rng.standard_normal((rows, net.n_outputs)))
-    d = torch.as_tensor(rng.standard_normal(rows))
+    c, d = spec_rows(rng, net.n_outputs)
+    rows = c.shape[0]
     xs = box_samples(bxs[0], rng)
     pre = hidden_preactivations(net, xs)
     # splits taken from the pattern of one sample, so the subproblem is not empty
@@ -81,7 +70,8 @@ def test_split_bounds_contain_samples_that_keep_the_splits(data) -> None:
         s = s[0].numpy()
         keep &= np.all((s == 0) | (s * z >= 0), axis=1)
     assert keep[anchor]
-    hidden = clamp(root, signs)
+    hidden, empty = relu_bab.clamp_splits(root, signs, 1)
+    assert not bool(empty.any())  # the anchor keeps every split
     margins = (net.forward(xs[keep]) @ c.numpy().T - d.numpy()).min(0)
     betas = [torch.as_tensor(rng.exponential(rng.choice([0.1, 1.0, 10.0]),
                                              (1, rows, s.shape[1]))) for s in signs]

@@ -598,11 +598,9 @@ def attack_case(network: Network, layers: Layers, case: SpecCase, case_index: in
     return search._result(Verdict.UNKNOWN, reason="the opening attack found no counterexample")
 
 
-
 def _searches() -> dict[str, type]:
     """The search class per split kind (relu_bab imports this module, hence the late
     import)."""
     from verirepair.verify.relu_bab import ReluSearch
 
     return {"input": _Search, "relu": ReluSearch}
-

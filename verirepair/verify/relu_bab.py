@@ -112,6 +112,13 @@ def clamp_splits(hidden: HiddenBounds, signs: list[Tensor], n: int
     return HiddenBounds(tuple(lows), tuple(ups)), empty
 
 
+def straddling(hidden: HiddenBounds) -> Tensor:
+    """(N, H): the neurons whose bounds straddle 0 (l < 0 < u), layers concatenated;
+    split neurons never do (they are clamped)."""
+    return torch.cat([(l < 0) & (u > 0) for l, u in zip(hidden.lower, hidden.upper)],
+                     dim=1)
+
+
 class ReluSearch(_Search):
     """State of one ReLU-splitting run on one case (the attacks are :class:`_Search`'s)."""
 
@@ -152,8 +159,7 @@ class ReluSearch(_Search):
 
     # -- bounds ------------------------------------------------------------------
     def _layer_signs(self, signs: Tensor) -> list[Tensor]:
-        return [signs[:, a:b].to(torch.float64)
-                for a, b in zip(self.bounds_[:-1], self.bounds_[1:])]
+        return [s.to(torch.float64) for s in self._split_layers(signs)]
 
     def _clamped(self, signs: list[Tensor], n: int) -> tuple[HiddenBounds, Tensor]:
         """Root hidden bounds with split neurons clamped at 0 (valid on the subproblem),
@@ -175,10 +181,9 @@ class ReluSearch(_Search):
         alone, never from the scores; a candidate may be a non-free neuron only when
         fewer than ``k`` are free (the caller skips those)."""
         n = row_lb.shape[0]
-        frees = [(l < 0) & (u > 0) for l, u in zip(hidden.lower, hidden.upper)]
-        if not frees:
+        if not hidden.lower:
             return torch.zeros((n, 1), dtype=torch.long), torch.zeros(n, dtype=torch.bool)
-        free = torch.cat(frees, dim=1)
+        free = straddling(hidden)
         has_free = free.any(1)
         k = min(k, free.shape[1])
         if row_lb.shape[1] == 0:  # no row to score: any free neuron
@@ -189,6 +194,7 @@ class ReluSearch(_Search):
         row = torch.where(in_worst, row_lb, -torch.inf).argmax(1)
         rows = torch.arange(n)
         scores = []
+        frees = free.split([l.shape[1] for l in hidden.lower], dim=1)
         for lam, l, u, f in zip(trace, hidden.lower, hidden.upper, frees):
             gap = torch.where(f, u * -l / (u - l).clamp_min(1e-300), torch.zeros_like(l))
             cost = (lam[rows, row].abs() * gap).nan_to_num(nan=0.0, posinf=1e300)
@@ -224,9 +230,7 @@ class ReluSearch(_Search):
         neuron = cands.repeat_interleave(2, dim=1).reshape(-1)
         # only neurons that straddle 0 under the parent's bounds qualify (a split one is
         # clamped, a stable one would give the parent again and an empty child)
-        free = torch.cat([(l < 0) & (u > 0) for l, u in zip(hidden.lower, hidden.upper)],
-                         dim=1)
-        was_free = free[rep, neuron]
+        was_free = straddling(hidden)[rep, neuron]
         child[torch.arange(n * 2 * k), neuron] = torch.tensor(
             [ACTIVE, INACTIVE], dtype=torch.int8).repeat(n * k)
         layer_signs = self._layer_signs(child)
