@@ -487,9 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     if wrong:
         print(f"!!! {wrong} WRONG ANSWER(S) !!!", file=sys.stderr)
     print(f"wrote {csv_path}\nwrote {md_path}", file=sys.stderr)
-    if run["partial"]:
-        return 130
-    return 0 if wrong == 0 else 1
+    if wrong:
+        return 1  # a wrong answer outranks an interruption
+    return 130 if run["partial"] else 0
 
 
 if __name__ == "__main__":

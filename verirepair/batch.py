@@ -207,20 +207,36 @@ def _single_thread() -> None:
         os.environ.setdefault(var, "1")
 
 
+def engine_label(engine: str, split: str = "auto") -> str:
+    """The engine as the results table records it and ``--resume`` matches it: the
+    engine's name, with ``:input`` or ``:relu`` when ``--split`` overrides bab's choice."""
+    return engine if split == "auto" else f"{engine}:{split}"
+
+
+def _verify_options(label: str, timeout: float):
+    """The VerifyOptions an :func:`engine_label` stands for."""
+    from verirepair.verify.bab import BabOptions
+    from verirepair.verify.engine import VerifyOptions
+
+    engine, _, split = label.partition(":")
+    return VerifyOptions(timeout=timeout, engine=engine, bab=BabOptions(split=split or "auto"))
+
+
 def _run_one(onnx_path: str, vnnlib_path: str, timeout: float, engine: str) -> dict:
-    """Load and verify one instance; the reply the parent turns into a BatchOutcome."""
+    """Load and verify one instance with the engine :func:`engine_label` names; the reply
+    the parent turns into a BatchOutcome."""
     from verirepair.errors import VerirepairError
     from verirepair.network import load_network
     from verirepair.report import vnncomp_text
     from verirepair.spec import load_spec
-    from verirepair.verify.engine import VerifyOptions, verify
+    from verirepair.verify.engine import verify
 
     start = time.perf_counter()
     reply: dict = {}
     try:
         network = load_network(onnx_path)
         spec = load_spec(vnnlib_path)
-        result = verify(network, spec, VerifyOptions(timeout=timeout, engine=engine))
+        result = verify(network, spec, _verify_options(engine, timeout))
         reply.update(verdict=result.verdict.value, reason=result.reason or "",
                      boxes=int(result.stats.boxes), result_text=vnncomp_text(result))
         cex = result.counterexample
@@ -543,7 +559,40 @@ def _kept_result_text(verdict: str, task: BatchTask,
         text = result_files[task.index].read_text(encoding="utf-8")
     except OSError:
         return None
-    return text if text.split("\n", 1)[0].strip() == word else None
+    if text.split("\n", 1)[0].strip() != word:
+        return None
+    if verdict == "violated" and not counterexample_stands(task, text):
+        return None
+    return text
+
+
+def counterexample_stands(task: BatchTask, text: str) -> bool:
+    """Whether a ``sat`` result file's assignment is a counterexample of the task: X
+    float32-exact and in one of the property's boxes, onnxruntime's output on the model
+    file equal to the file's Y and unsafe (``--resume`` with result files keeps no
+    counterexample on trust)."""
+    import numpy as np
+
+    from verirepair.network import run_model_file
+    from verirepair.report import parse_assignment
+    from verirepair.spec import load_spec
+    from verirepair.verify.confirm import satisfied_disjunct
+
+    parsed = parse_assignment(text)
+    if parsed is None:
+        return False
+    x, y = parsed
+    try:
+        spec = load_spec(task.vnnlib_path)
+        if x.shape != (spec.n_inputs,) or y.shape != (spec.n_outputs,) \
+                or not np.array_equal(x.astype(np.float32).astype(np.float64), x):
+            return False
+        y_ort = run_model_file(task.onnx_path, x).astype(np.float64)
+    except Exception:  # noqa: BLE001 - anything unreadable or failing: run it again
+        return False
+    return y_ort.shape == y.shape and bool(np.array_equal(y_ort, y)) and any(
+        case.box.contains(x) and satisfied_disjunct(case, y_ort) is not None
+        for case in spec.cases)
 
 
 def result_file_names(tasks: list[BatchTask]) -> dict[int, str]:

@@ -57,7 +57,7 @@ def _progress_printer(quiet: bool) -> Callable[[Stats, int], None] | None:
         return None
 
     def show(stats: Stats, queue: int) -> None:
-        print(f"[verirepair] {stats.seconds:7.1f} s  boxes {stats.boxes:>10,}  "
+        print(f"[verirepair] {stats.seconds:7.1f} s  {stats.unit} {stats.boxes:>10,}  "
               f"open {queue:>9,}", file=sys.stderr, flush=True)
     return show
 
@@ -73,10 +73,18 @@ def _choose_threads(requested: int, network) -> None:
         torch.set_num_threads(1)
 
 
+def _split_needs_bab(split: str, *engines: str | None) -> None:
+    """``--split input|relu`` with no bab engine to apply it to is a mistake, not a no-op."""
+    if split != "auto" and "bab" not in engines:
+        raise InputFileError(f"--split {split}: only the bab engine splits (engine "
+                             f"{' and '.join(e for e in engines if e)})")
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     engines = [engine_info(args.engine)]  # unknown/unavailable engine: one line, exit 2
     if args.cross_check:
         engines.append(engine_info(args.cross_check))
+    _split_needs_bab(args.split, args.engine, args.cross_check)
     network = load_network(args.model)
     _choose_threads(args.threads, network)
     spec = load_spec(args.property)
@@ -90,7 +98,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     result = _verify(network, spec, options, progress, args)
     second = None
     if args.cross_check and result.verdict is Verdict.HOLDS:
-        second = cross_check(network, spec, args.cross_check, args.timeout, progress)
+        second = cross_check(network, spec, args.cross_check, args.timeout, progress,
+                             bab=options.bab)
     agreed = agreement(result, second) if second is not None else None
     if args.result_file:
         _write_result_file(args.result_file, result, agreed)
@@ -131,11 +140,16 @@ def _write_result_file(path: str, result: Result, agreed: Agreement | None) -> N
     if agreed is Agreement.DISAGREE:
         result = Result(Verdict.UNKNOWN, None, reason="engines disagree",
                         engine=result.engine, stats=result.stats)
+    _write_output(path, vnncomp_text(result), "the result file")
+
+
+def _write_output(path: str | Path, text: str, what: str) -> None:
+    """Write an output file atomically; a failure is one line naming the file."""
     try:
-        write_atomic(path, vnncomp_text(result))
+        write_atomic(path, text)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise InputFileError(f"{path}: cannot write the result file: {reason}") from None
+        raise InputFileError(f"{path}: cannot write {what}: {reason}") from None
 
 
 def _print_check(args: argparse.Namespace, result: Result, cross_engine: str | None,
@@ -219,9 +233,9 @@ def _cmd_repair(args: argparse.Namespace) -> int:
                             boundary_pool=25 * args.fidelity_samples)
     report = repair(args.model, args.property, args.preserve or [], out, args.budget, options,
                     args.certificate)
-    if args.report:
-        write_atomic(args.report, json_text(report.to_dict()) + "\n")
     print(repair_summary(report))
+    if args.report:
+        _write_output(args.report, json_text(report.to_dict()) + "\n", "the repair report")
     ok = report.status == "proven" or report.status.startswith("nothing to repair")
     return EXIT_HOLDS if ok else EXIT_NOT_REPAIRED
 
@@ -322,7 +336,7 @@ def _count(minimum: int) -> Callable[[str], int]:
 def _cmd_localize(args: argparse.Namespace) -> int:
     from verirepair.errors import MismatchError
     from verirepair.localize import LocalizeOptions, NoBenignInputs, hidden_layers, localize
-    from verirepair.localize.points import find_points
+    from verirepair.localize.points import confirmed_sample, find_points
     from verirepair.verify.engine import check_compatible
 
     network = load_network(args.model)
@@ -350,18 +364,27 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     options = LocalizeOptions(seed=args.seed, n_values=args.values)
     ranking = localize(network.net, points.cex, points.benign, spec, args.method, args.layer,
                        options)
-    print(_localize_text(points, ranking, layers, args.top))
-    _write_json(args.json, {**head, "verdict": "violated", "source": points.source,
-                            **ranking.to_dict()})
+    # the verifier's counterexample is confirmed; sampled ones only on the float64 lowering
+    confirmed = points.source == "verifier" or \
+        confirmed_sample(network, spec, points.cex) is not None
+    print(_localize_text(points, ranking, layers, args.top, confirmed))
+    _write_json(args.json, {**head, "verdict": "violated" if confirmed else "unknown",
+                            "source": points.source, **ranking.to_dict()})
     return EXIT_HOLDS
 
 
-def _localize_text(points, ranking, layers: tuple[int, ...], top: int) -> str:
+def _localize_text(points, ranking, layers: tuple[int, ...], top: int,
+                   confirmed: bool) -> str:
     from verirepair.localize import ranking_text
+    from verirepair.localize.points import CONFIRM_TRIES
 
     grown = (f" (from the box grown {points.benign_growth:g}x: the box has none)"
              if points.benign_growth > 1 else "")
-    lines = [f"violated: {points.cex.shape[0]} counterexample inputs ({points.source}), "
+    head = ("violated: {n} counterexample inputs ({source}; one re-checked in onnxruntime)"
+            if confirmed else "unknown: {n} inputs unsafe on the float64 lowering ({source}; "
+            "none of the worst {tried} confirmed in onnxruntime)")
+    lines = [head.format(n=points.cex.shape[0], source=points.source,
+                         tried=min(CONFIRM_TRIES, points.cex.shape[0])) + ", "
              f"{points.benign.shape[0]} benign{grown}; at most "
              f"{ranking.params['max_points']} of each used",
              f"method {ranking.method}, hidden layer(s) {', '.join(map(str, layers))}, "
@@ -376,11 +399,7 @@ def _localize_text(points, ranking, layers: tuple[int, ...], top: int) -> str:
 def _write_json(path: str | None, data: dict) -> None:
     if not path:
         return
-    try:
-        write_atomic(path, json_text(data) + "\n")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise InputFileError(f"{path}: cannot write the JSON file: {reason}") from None
+    _write_output(path, json_text(data) + "\n", "the JSON file")
 
 
 def _add_localize_parser(sub) -> None:
@@ -416,6 +435,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from verirepair import batch
 
     info = engine_info(args.engine)  # unknown/unavailable engine: one line, exit 2
+    _split_needs_bab(args.split, args.engine)
+    label = batch.engine_label(args.engine, args.split)
     tasks = batch.read_instances(args.instances, args.timeout)
     expected = batch.read_expected(args.expected) if args.expected else None
     out = Path(args.output)
@@ -445,7 +466,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     _batch_placeholders(results_dir, [names[t.index] for t in todo])
 
     def on_done(o: batch.BatchOutcome) -> None:
-        o.engine, o.digest = args.engine, digests[o.task.index]
+        o.engine, o.digest = label, digests[o.task.index]
         if expected is not None:
             o.status = batch.judge(o, batch.expected_answer(expected, o.task))
         outcomes.append(o)
@@ -462,7 +483,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, on_term)
     interrupted = False
     try:
-        batch.run_pool(todo, args.jobs, on_done, args.engine)
+        batch.run_pool(todo, args.jobs, on_done, label)
     except KeyboardInterrupt:
         interrupted = True
     except batch.WorkerStartError as exc:
@@ -486,7 +507,8 @@ def _batch_resume(args: argparse.Namespace, out: Path, tasks: list, digests: dic
     if not args.resume:
         return {}
     files = {i: results_dir / n for i, n in names.items()} if results_dir else None
-    earlier = batch.earlier_outcomes(out, tasks, args.engine, digests, files)
+    earlier = batch.earlier_outcomes(out, tasks, batch.engine_label(args.engine, args.split),
+                                     digests, files)
     if earlier.rows and earlier.unmatched == earlier.rows:
         raise InputFileError(f"{out}: --resume: none of its {earlier.rows} rows is an "
                              "instance of this run (same onnx, vnnlib, timeout, engine and "
@@ -499,11 +521,7 @@ def _batch_resume(args: argparse.Namespace, out: Path, tasks: list, digests: dic
 
 
 def _batch_write(path: Path, text: str) -> None:
-    try:
-        write_atomic(path, text)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise InputFileError(f"{path}: cannot write: {reason}") from None
+    _write_output(path, text, "the batch output")
 
 
 def _batch_placeholders(results_dir: Path | None, names) -> None:
@@ -596,10 +614,14 @@ def _add_batch_parser(sub) -> None:
                           "one torch thread when there are several)")
     bat.add_argument("--engine", choices=sorted(ENGINES), default="bab",
                      help="verification engine (default bab)")
+    bat.add_argument("--split", choices=SPLIT_KINDS, default="auto",
+                     help="what the bab engine splits (as for check; default auto); the "
+                          "results table records it with the engine, e.g. bab:relu")
     bat.add_argument("--resume", action="store_true",
                      help="keep the instances the results CSV (-o) already holds with the "
                           "same timeout, engine and file contents and a verdict other than "
-                          "error (and, with --results-dir, a result file that says it); run "
+                          "error (and, with --results-dir, a result file that says it, a sat "
+                          "one re-checked in onnxruntime); run "
                           "the rest")
     bat.add_argument("--quiet", action="store_true", help="no per-instance lines on stderr")
     bat.set_defaults(run=_cmd_batch)
@@ -628,8 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what the bab engine splits: input intervals (few inputs, "
                             "e.g. ACAS Xu), ReLU neurons (many inputs), or auto: ReLU "
                             f"splitting from {BabOptions().relu_split_min_inputs} inputs "
-                            "on when the network has a hidden layer (default auto; not "
-                            "passed to --cross-check)")
+                            "on when the network has a hidden layer (default auto; also "
+                            "for --cross-check bab)")
     check.add_argument("--cross-check", choices=sorted(ENGINES), metavar="ENGINE",
                        help="confirm a 'holds' with this second engine (its own --timeout);"
                             " if it says 'violated' the run fails with exit code "

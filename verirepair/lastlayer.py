@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from verirepair.bounds import HiddenBounds, SpecBounds, crown_hidden_bounds, spec_lower_bounds
+from verirepair.bounds import (REL_MARGIN, HiddenBounds, SpecBounds, crown_hidden_bounds,
+                               spec_lower_bounds)
 from verirepair.spec_types import Halfspaces
 
 Tensor = torch.Tensor
@@ -150,12 +151,13 @@ def box_slack(weight: np.ndarray, bias: np.ndarray, dw: np.ndarray, db: np.ndarr
 def sound_box_margin(weight: np.ndarray, bias: np.ndarray, dw: np.ndarray, db: np.ndarray,
                      rows: BoxRows) -> np.ndarray:
     """box_slack with each bound widened down by a bound on its float64 rounding error
-    (both are computed from float64 data exactly as written above). Sound: yes."""
+    (both are computed from float64 data exactly as written above; bounds.REL_MARGIN
+    covers sums of up to 10^5 terms). Sound: yes."""
     size = np.abs(rows.mid) + rows.rad
     ac = np.abs(rows.c)
-    err_change = 1e-12 * (np.einsum("mh,mh->m", size, ac @ np.abs(dw)) + ac @ np.abs(db)
+    err_change = REL_MARGIN * (np.einsum("mh,mh->m", size, ac @ np.abs(dw)) + ac @ np.abs(db)
                           + np.abs(rows.base))
-    err_interval = 1e-12 * (np.einsum("mh,mh->m", size, ac @ (np.abs(weight) + np.abs(dw)))
+    err_interval = REL_MARGIN * (np.einsum("mh,mh->m", size, ac @ (np.abs(weight) + np.abs(dw)))
                             + ac @ (np.abs(bias) + np.abs(db)) + np.abs(rows.d))
     return np.maximum(change_bound(dw, db, rows) - err_change,
                       interval_bound(weight, bias, dw, db, rows) - err_interval) - 1e-300

@@ -298,11 +298,34 @@ def _to_torch(arr: np.ndarray) -> Tensor:
 # the process would be killed without a word. Instead the model is refused when one
 # operator would hold more than MAX_LOWERED_BYTES at once (the running matrix, its output
 # and the operator's known temporaries) or all segments together more than
-# MAX_LOWERED_TOTAL. (An operator's output size is learned by running it on one row, which
-# is not itself bounded: a hostile attribute such as a huge padding can still exhaust
-# memory there.)
+# MAX_LOWERED_TOTAL. An operator's output size is learned by running it on one row; an
+# operator whose attributes can make that one row huge (a padding of 10^9) has its row
+# size bounded from the attributes first (ROW_BOUNDS).
 MAX_LOWERED_BYTES = 2e9
 MAX_LOWERED_TOTAL = 8e9
+
+
+def _conv_row_bound(xs: list, attrs: dict) -> int:
+    """At most this many values in one run of a Conv on its first input's batch (one row
+    for the running tensor): the padded input, the output and the im2col buffer, each
+    counted per padded position (strides and dilations of at least 1 only shrink the
+    output)."""
+    x, w = xs[0], xs[1]
+    if x is None or w is None:
+        raise ModelError("Conv needs an input and a weight")
+    spatial = tuple(int(v) for v in x.shape[2:])
+    pads = [int(p) for p in attrs.get("pads", [0] * 2 * len(spatial))]
+    padded = [s + max(0, b) + max(0, e)
+              for s, b, e in zip(spatial, pads[:len(spatial)], pads[len(spatial):])]
+    positions = int(np.prod(padded, dtype=object)) if padded else 1
+    im2col = int(w.shape[1]) * int(attrs.get("group", 1)) * int(np.prod(
+        tuple(w.shape[2:]), dtype=object))
+    return int(x.shape[0]) * (int(x.shape[1]) + int(w.shape[0]) + im2col) * positions
+
+
+# An upper bound of the values per batch row an operator builds, known before it runs
+# (table; operators not listed cannot outgrow their constants and running tensor).
+ROW_BOUNDS: dict[str, Callable[[list, dict], int]] = {"Conv": _conv_row_bound}
 
 
 def _conv_columns(names: list, consts: dict, attrs: dict, out_row: Tensor) -> int:
@@ -398,6 +421,7 @@ class _Lowering:
                              "feed-forward chain)")
         attrs = _attr_dict(node)
         try:
+            self._check_row_bound(node.op_type, names, dyn, attrs)
             if not any(dyn):
                 xs = [self.consts[n] if n else None for n in names]
                 self.consts[node.output[0]] = fn(xs, attrs, dyn, False)
@@ -415,6 +439,20 @@ class _Lowering:
         except (ValueError, IndexError, TypeError) as exc:  # malformed inputs/attributes
             raise ModelError(f"{self._node_label(node)}: malformed node: "
                              f"{_first_line(exc)}") from None
+
+    def _check_row_bound(self, op: str, names: list[str], dyn: list[bool],
+                         attrs: dict) -> None:
+        """Refuse an operator whose attributes would make even its one-row run (or its
+        run on constants) too large."""
+        bound = ROW_BOUNDS.get(op)
+        if bound is None:
+            return
+        row = bound([self.off if d else self.consts.get(n) for n, d in zip(names, dyn)],
+                    attrs)
+        if 8.0 * row > self.max_bytes:
+            raise ModelError(f"its attributes make a run of {row:,} values "
+                             f"({_size(8.0 * row)} of float64), more than the "
+                             f"{_size(self.max_bytes)} allowed")
 
     def _apply_dynamic(self, node: onnx.NodeProto, fn: OpFn, names: list[str],
                        dyn: list[bool], attrs: dict) -> None:
@@ -565,6 +603,17 @@ def onnx_session(model: onnx.ModelProto):
     opts.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), sess_options=opts,
                                 providers=["CPUExecutionProvider"])
+
+
+def run_model_file(path: str | Path, x: np.ndarray) -> np.ndarray:
+    """onnxruntime on the model file alone (no lowering; ``.onnx.gz`` too): one flattened
+    input -> the flattened float32 output. Raises InputFileError for an unreadable file;
+    onnxruntime's own errors (e.g. a size that does not fit) pass through."""
+    sess = onnx_session(_read_model(Path(path)))
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+    feed = {inp.name: np.asarray(x, dtype=np.float32).reshape(shape)}
+    return np.asarray(sess.run(None, feed)[0], dtype=np.float32).reshape(-1)
 
 
 def run_onnxruntime(network: Network, x: np.ndarray, session=None) -> np.ndarray:

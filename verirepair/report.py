@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from verirepair.verify.types import Result, Verdict
+from verirepair.verify.types import SPLIT_NAMES, Result, Stats, Verdict
 
 VNNCOMP_WORD = {
     Verdict.HOLDS: "unsat",
@@ -39,6 +40,30 @@ def vnncomp_text(result: Result) -> str:
     return word + "\n(" + "\n ".join(pairs) + ")\n"
 
 
+_PAIR = re.compile(r"\(\s*([XY])_(\d+)\s+([^\s()]+)\s*\)")
+
+
+def parse_assignment(text: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The X and Y values of a ``sat`` result file (as :func:`vnncomp_text` writes them),
+    or None when it is not one: every X_i and Y_j once, indices 0..n-1, finite numbers."""
+    lines = text.split("\n", 1)
+    if lines[0].strip() != "sat" or len(lines) < 2:
+        return None
+    values: dict[str, dict[int, float]] = {"X": {}, "Y": {}}
+    for kind, index, value in _PAIR.findall(lines[1]):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        if int(index) in values[kind] or not np.isfinite(number):
+            return None
+        values[kind][int(index)] = number
+    x, y = values["X"], values["Y"]
+    if not x or not y or sorted(x) != list(range(len(x))) or sorted(y) != list(range(len(y))):
+        return None
+    return (np.array([x[i] for i in range(len(x))]), np.array([y[j] for j in range(len(y))]))
+
+
 def result_dict(result: Result, model: str, prop: str) -> dict:
     return {
         "model": model,
@@ -48,6 +73,7 @@ def result_dict(result: Result, model: str, prop: str) -> dict:
         "reason": result.reason,
         "seconds": round(result.stats.seconds, 4),
         "boxes": result.stats.boxes,
+        "split": result.stats.split or None,
         "counterexample": _cex_dict(result),
     }
 
@@ -63,8 +89,15 @@ def human_text(result: Result) -> str:
         lines.append(f"  reason: {result.reason}")
     if result.engine.startswith("certificate"):
         lines.append(f"  proof: {result.engine}")
-    lines.append(f"  time: {result.stats.seconds:.3f} s, boxes: {result.stats.boxes}")
+    lines.append(f"  time: {result.stats.seconds:.3f} s, {work_text(result.stats)}")
     return "\n".join(lines)
+
+
+def work_text(stats: Stats) -> str:
+    """``boxes: 17 (input splitting)``, ``subproblems: 5 (ReLU splitting)`` or, for engines
+    that do not branch on boxes, ``boxes: 1``."""
+    kind = f" ({SPLIT_NAMES[stats.split]})" if stats.split else ""
+    return f"{stats.unit}: {stats.boxes}{kind}"
 
 
 CROSS_CHECK_WORDS = {

@@ -19,7 +19,10 @@ sound for the original file; the strict rows and bounds are marked (``Halfspaces
 Arithmetic on constants is exact (rational numbers), so ``(+ 1e20 3 -1e20)`` is 3, not
 0 as in float64. Only the final coefficients, right-hand sides and bounds are rounded to
 the nearest float64, as every VNN-COMP tool reads a plain number: a relative error of
-at most 2^-53, which the verifier's bound margins (1e-10 relative) absorb.
+at most 2^-53, which the verifier's bound margins (1e-10 relative) absorb. The parsed
+(float64) property is the one decided, also for counterexamples: a float32 value
+written as its shortest decimal (``0.10000000149011612``) is that float32 value, as for
+every VNN-COMP tool; its rows are then evaluated exactly (``Halfspaces.satisfied_by``).
 
 The conjunction of all asserts is converted to disjunctive normal form. In each
 DNF term the input atoms must be single-variable bounds (they define a box) and the
@@ -409,8 +412,10 @@ def _is_input(atom: _Atom) -> bool:
 def _box_from_atoms(atoms: list[_Atom], n_inputs: int, parser: _Parser, where: SExpr,
                     label: str) -> Box:
     """Intersect single-variable input bounds ``a * X_i <= c`` into a box: the tightest
-    exact bound wins (a strict one over an equal non-strict one); each is then rounded
-    outward to float64."""
+    exact bound wins (a strict one over an equal non-strict one); each is then rounded to
+    the nearest float64, as VNN-COMP tools read a number (not outward: where a bound is
+    rounded inward, the real points within half an ulp of that face, where no float64
+    input lies, are left out)."""
     exact_lo: dict[int, tuple[Fraction, bool]] = {}
     exact_hi: dict[int, tuple[Fraction, bool]] = {}
     lower_at: dict[int, SExpr] = {}

@@ -10,6 +10,7 @@ disjunct of that case.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -36,8 +37,8 @@ class Box:
         """Per input: (not above the lower bound, not below the upper bound), honouring
         strict bounds (a value on a strict bound is outside; NaN is outside)."""
         x = np.asarray(x, dtype=np.float64).reshape(-1)
-        above = (x > self.lower) | ((x == self.lower) & ~_flags(self.strict_lower, x))
-        below = (x < self.upper) | ((x == self.upper) & ~_flags(self.strict_upper, x))
+        above = (x > self.lower) | ((x == self.lower) & ~strict_flags(self.strict_lower, x))
+        below = (x < self.upper) | ((x == self.upper) & ~strict_flags(self.strict_upper, x))
         return ~above, ~below
 
     def contains(self, x: np.ndarray) -> bool:
@@ -45,7 +46,8 @@ class Box:
         return not bool(low.any() or high.any())
 
 
-def _flags(strict: np.ndarray | None, like: np.ndarray) -> np.ndarray:
+def strict_flags(strict: np.ndarray | None, like: np.ndarray) -> np.ndarray:
+    """The strictness flags, all False where none are given."""
     return np.zeros(like.shape, dtype=bool) if strict is None else strict
 
 
@@ -60,11 +62,22 @@ class Halfspaces:
     rhs: np.ndarray  # (rows,) float64
     strict: np.ndarray | None = None  # (rows,) bool
 
-    def satisfied_by(self, y: np.ndarray, tol: float = 0.0) -> bool:
+    def satisfied_by(self, y: np.ndarray) -> bool:
+        """Whether the output ``y`` (finite values only) satisfies every row, decided in
+        exact rational arithmetic on the float64 rows: no rounding of a row's sum can
+        make an output that misses the row by a hair count as unsafe."""
         y = np.asarray(y, dtype=np.float64).reshape(-1)
-        lhs, rhs = self.matrix @ y, self.rhs + tol
-        ok = (lhs < rhs) | ((lhs == rhs) & ~_flags(self.strict, self.rhs))
-        return bool(np.all(ok))
+        if not np.isfinite(y).all():
+            return False
+        for row, d, is_strict in zip(self.matrix, self.rhs, strict_flags(self.strict,
+                                                                         self.rhs)):
+            cols = np.nonzero(row)[0]
+            lhs = sum((Fraction(float(row[j])) * Fraction(float(y[j])) for j in cols),
+                      Fraction(0))
+            rhs = Fraction(float(d))
+            if not (lhs < rhs or (lhs == rhs and not is_strict)):
+                return False
+        return True
 
 
 @dataclass(frozen=True)

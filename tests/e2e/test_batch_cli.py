@@ -122,3 +122,44 @@ def test_resume_judges_kept_rows_and_refuses_a_foreign_table(tmp_path: Path) -> 
     other = run_cli("batch", inst, "-o", out, "--resume", "--timeout", "30")
     assert other.returncode == 2 and "none of its 1 rows" in other.stderr
     assert out.read_text() == before  # refused before anything was overwritten
+
+
+def test_split_is_recorded_with_the_engine_and_keys_resume(tmp_path: Path) -> None:
+    """--split relu runs ReLU splitting in the workers; the table says bab:relu, and a
+    resume with the default split does not take that row for its own."""
+    inst = _instances(tmp_path, f"{MODEL},{NEAR_TURN},60")
+    out = tmp_path / "results.csv"
+    proc = run_cli("batch", inst, "-o", out, "--split", "relu", "--quiet", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["verdict"], r["engine"]) for r in _rows(out)] == [("holds", "bab:relu")]
+    again = run_cli("batch", inst, "-o", out, "--split", "relu", "--resume", "--quiet")
+    assert again.returncode == 0 and "resume: 1 of 1 instances kept" in again.stderr
+    other = run_cli("batch", inst, "-o", out, "--resume", "--quiet")
+    assert other.returncode == 2 and "none of its 1 rows" in other.stderr
+
+
+def test_split_without_the_bab_engine_is_refused(tmp_path: Path) -> None:
+    inst = _instances(tmp_path, f"{MODEL},{NEAR_TURN},60")
+    proc = run_cli("batch", inst, "-o", tmp_path / "r.csv", "--engine", "z3",
+                   "--split", "relu")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --split relu")
+    assert proc.stderr.strip().count("\n") == 0 and not (tmp_path / "r.csv").exists()
+
+
+def test_resume_rechecks_a_kept_counterexample(tmp_path: Path) -> None:
+    """A sat result file whose assignment no longer reproduces (edited by hand here) is
+    not kept: the instance runs again and gets a real counterexample."""
+    inst = _instances(tmp_path, f"{MODEL},{NEAR_TURN},60", f"{MODEL},{FAR_IS_COC},60")
+    out, rdir = tmp_path / "results.csv", tmp_path / "results"
+    assert run_cli("batch", inst, "-o", out, "--results-dir", rdir, "--quiet").returncode == 0
+    sat = rdir / f"demo_advisory_{FAR_IS_COC.stem}.txt"
+    kept = run_cli("batch", inst, "-o", out, "--results-dir", rdir, "--resume", "--quiet")
+    assert kept.returncode == 0 and "resume: 2 of 2 instances kept" in kept.stderr
+    lines = sat.read_text().splitlines()
+    assert lines[-1].startswith(" (Y_4 ")
+    lines[-1] = " (Y_4 123456.0))"  # not what the model computes
+    sat.write_text("\n".join(lines) + "\n")
+    again = run_cli("batch", inst, "-o", out, "--results-dir", rdir, "--resume", "--quiet")
+    assert again.returncode == 0 and "resume: 1 of 2 instances kept" in again.stderr
+    x2, y2 = parse_result_file(sat.read_text())
+    check_counterexample(MODEL, FAR_IS_COC, np.asarray(x2), np.asarray(y2), far_is_coc_unsafe)

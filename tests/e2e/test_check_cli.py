@@ -140,6 +140,20 @@ def test_split_kinds_give_the_same_demo_verdicts(tmp_path: Path, split: str) -> 
     check_counterexample(MODEL, FAR_IS_COC, x, y, far_is_coc_unsafe)
     proc = run_check(MODEL, NEAR_TURN, "--split", split)
     assert proc.returncode == EXIT_CODES["holds"], proc.stderr
+    work = proc.stdout.splitlines()[-1]  # "  time: ... s, subproblems: 3 (ReLU splitting)"
+    unit, name = SPLIT_WORDS[split]
+    assert f", {unit}: " in work and work.endswith(f"({name})"), work
+    data = json.loads(run_check(MODEL, NEAR_TURN, "--split", split, "--json").stdout)
+    assert data["verdict"] == "holds" and data["split"] == split
+
+
+SPLIT_WORDS = {"relu": ("subproblems", "ReLU splitting"), "input": ("boxes", "input splitting")}
+
+
+def test_split_without_a_bab_engine_is_refused() -> None:
+    proc = run_check(MODEL, NEAR_TURN, "--engine", "z3", "--split", "input")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --split input")
+    assert proc.stderr.strip().count("\n") == 0
 
 
 def test_unknown_split_kind_is_refused() -> None:

@@ -130,7 +130,7 @@ def test_cross_check_with_z3_agrees(capsys) -> None:
 
 def lying_engine(verdict: Verdict, engine: str):
     """A cross_check stand-in that answers ``verdict`` (a VIOLATED carries a fake cex)."""
-    def run(network, spec, engine_name, timeout, progress=None) -> Result:
+    def run(network, spec, engine_name, timeout, progress=None, bab=None) -> Result:
         cex = None
         if verdict is Verdict.VIOLATED:
             cex = Counterexample(np.zeros(5, np.float32), np.zeros(5, np.float32), 0, 0)

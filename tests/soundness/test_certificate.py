@@ -661,7 +661,7 @@ def y_at_least(t: float) -> Halfspaces:
 def two_case_setup() -> tuple[AffineReluNet, Spec, Certificate]:
     """Case 0 holds (y >= 5 never on [-1, 1]); case 1 is violated on [0.5, 1] (y >= 0.5).
     Boxes: case 0 whole; case 1 [-1, 0] (safe), [0, 2] (open, sticks out), [5, 6]
-    (open, outside its case box)."""
+    (outside its case box: nothing to prove)."""
     net = identity_net()
     box = Box(np.array([-1.0]), np.array([1.0]))
     spec = spec_of(net, SpecCase(box, (y_at_least(5.0),)), SpecCase(box, (y_at_least(0.5),)))
@@ -677,7 +677,8 @@ def test_open_boxes_go_to_branch_and_bound_and_case_indices_map_back(tmp_path) -
     net, spec, cert = two_case_setup()
     check = check_certificate(net, spec, cert)
     assert check.covered
-    np.testing.assert_array_equal(check.safe, [True, True, False, False])
+    # [5, 6] misses its case: it needs no proof (and gets no bound)
+    np.testing.assert_array_equal(check.safe, [True, True, False, True])
     sub, origin = open_spec(spec, cert, check.safe)
     assert len(sub.cases) == 1 and origin.tolist() == [1]
     network = export_and_load(net, tmp_path / "id.onnx")
@@ -966,3 +967,96 @@ def test_cancelling_huge_last_layer_weights_are_not_a_proof() -> None:
     cert = Certificate(np.array([[1.0]]), np.array([[2.0]]), np.array([0]),
                        net.layers[-1].weight.copy(), net.layers[-1].bias.copy())
     assert not check_certificate(net, spec, cert).holds
+
+
+# ---------------------------------------------- 9. regressions from the second review
+
+def test_a_strict_input_bound_stays_strict_in_the_open_boxes(tmp_path) -> None:
+    """y = x on 0 < x <= 1, unsafe y <= 0: only x = 0 is unsafe, and the strict bound
+    excludes it (the property holds). The certificate box cannot be proven, so it goes
+    to branch and bound, whose sub-case must keep X_0 > 0: a point at 0 is no
+    counterexample."""
+    net = identity_net()
+    box = Box(np.array([0.0]), np.array([1.0]), strict_lower=np.array([True]),
+              strict_upper=np.array([False]))
+    unsafe = Halfspaces(matrix=np.array([[1.0]]), rhs=np.array([0.0]))  # y <= 0
+    spec = spec_of(net, SpecCase(box, (unsafe,)))
+    cert = Certificate(np.array([[-1.0], [0.5]]), np.array([[0.5], [1.0]]), np.array([0, 0]),
+                       net.layers[-1].weight.copy(), net.layers[-1].bias.copy())
+    check = check_certificate(net, spec, cert)
+    assert check.covered and check.safe.tolist() == [False, True]
+    sub, _ = open_spec(spec, cert, check.safe)
+    (case,) = sub.cases
+    assert case.box.strict_lower.tolist() == [True] and not case.box.contains(np.zeros(1))
+    network = export_and_load(net, tmp_path / "id.onnx")
+
+    def at_zero(network_, sub_spec, timeout):  # a wrong engine: its point is outside
+        cex = Counterexample(x=np.zeros(1, dtype=np.float32), y=np.zeros(1, dtype=np.float32),
+                             case_index=0, disjunct_index=0)
+        return Result(Verdict.VIOLATED, cex, engine="bab")
+    result = verify_with_certificate(network, spec, cert, BAB_TIMEOUT, at_zero)
+    assert result.verdict is Verdict.UNKNOWN and "outside its case" in result.reason
+    real = verify_with_certificate(network, spec, cert, 5.0, real_bab)
+    assert real.verdict is not Verdict.VIOLATED, real
+
+
+def test_a_spec_that_does_not_fit_the_model_is_a_mismatch() -> None:
+    """Checked before any bound is computed (it used to end in a torch traceback)."""
+    net = identity_net()
+    box = Box(np.zeros(2), np.ones(2))
+    spec = Spec(n_inputs=2, n_outputs=1, cases=(SpecCase(box, (y_at_least(5.0),)),),
+                source="two.vnnlib")
+    cert = Certificate(np.zeros((1, 2)), np.ones((1, 2)), np.array([0]),
+                       net.layers[-1].weight.copy(), net.layers[-1].bias.copy())
+    with pytest.raises(MismatchError, match="two.vnnlib declares 2 inputs"):
+        check_certificate(net, spec, cert)
+
+
+def test_too_many_boxes_are_refused(monkeypatch) -> None:
+    net, spec, cert = two_case_setup()
+    monkeypatch.setattr("verirepair.verify.certificate.MAX_BOXES", 3)
+    with pytest.raises(MismatchError, match="4 boxes"):
+        check_certificate(net, spec, cert)
+
+
+def test_a_box_far_outside_its_case_is_bounded_on_the_case_part_only() -> None:
+    """One box [-10^6, 10^6] for the case [-1, 1] of y = x, unsafe y >= 5: bounded on
+    [-10^6, 10^6] nothing is proven, on its part inside the case (all that matters)
+    the property is."""
+    net = identity_net()
+    spec = spec_of(net, SpecCase(Box(np.array([-1.0]), np.array([1.0])), (y_at_least(5.0),)))
+    cert = Certificate(np.array([[-1e6], [3.0]]), np.array([[1e6], [4.0]]), np.array([0, 0]),
+                       net.layers[-1].weight.copy(), net.layers[-1].bias.copy())
+    check = check_certificate(net, spec, cert)
+    assert check.holds and check.safe.tolist() == [True, True]  # [3, 4] misses the case
+
+
+def test_a_box_that_only_touches_a_strict_face_is_not_handed_on() -> None:
+    """[-1, 0] meets 0 < x <= 1 only at the excluded 0: no point of the case."""
+    net = identity_net()
+    box = Box(np.array([0.0]), np.array([1.0]), strict_lower=np.array([True]),
+              strict_upper=np.array([False]))
+    spec = spec_of(net, SpecCase(box, (y_at_least(5.0),)))
+    cert = Certificate(np.array([[-1.0], [0.0]]), np.array([[0.0], [1.0]]), np.array([0, 0]),
+                       net.layers[-1].weight.copy(), net.layers[-1].bias.copy())
+    sub, origin = open_spec(spec, cert, np.array([False, False]))
+    assert len(sub.cases) == 1 and sub.cases[0].box.lower.tolist() == [0.0]
+
+
+def test_huge_arrays_are_refused_before_they_are_read(tmp_path, monkeypatch) -> None:
+    cert = small_cert(np.random.default_rng(8), 4)
+    save_certificates(tmp_path / "c.npz", {"k": cert})
+    monkeypatch.setattr("verirepair.verify.certificate.MAX_ARRAY_BYTES", 100)
+    with pytest.raises(InputFileError, match="lower array would take"):
+        load_certificate(tmp_path / "c.npz", "k")
+
+
+def test_the_coverage_check_stops_at_its_deadline() -> None:
+    """2000 unit intervals tiling [0, 2000] take more than 1024 regions to check."""
+    from verirepair.verify.certificate import _OutOfTime
+
+    lower = np.arange(2000.0)[:, None]
+    upper = lower + 1.0
+    assert covers(np.array([0.0]), np.array([2000.0]), lower, upper)[0]
+    with pytest.raises(_OutOfTime):
+        covers(np.array([0.0]), np.array([2000.0]), lower, upper, deadline=0.0)

@@ -181,12 +181,12 @@ def test_bab_says_unknown_quickly_when_the_box_has_no_float32_input(sum_network)
     lower = np.array([-1.0, 0.1])
     upper = np.array([1.0, 0.1])  # 0.1 is not a float32 value
     case = SpecCase(box=Box(lower=lower, upper=upper), unsafe=y_at_least(-10.0))
-    start = time.monotonic()
+    start = time.process_time()  # CPU time: a busy machine must not fail the test
     result = verify_case(sum_network, torch_layers(sum_network.net), case, 0,
                          Deadline.after(30.0))
     assert result.verdict is Verdict.UNKNOWN
     assert "float32" in result.reason
-    assert time.monotonic() - start < 10.0
+    assert time.process_time() - start < 10.0
 
 
 # ------------------------------------------------------------ strict comparisons, no hidden

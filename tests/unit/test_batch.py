@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from verirepair import batch
@@ -268,7 +269,10 @@ def test_resume_keeps_matching_rows_and_reruns_the_rest(tmp_path: Path) -> None:
     assert none.kept == {} and none.rows == 0
 
 
-def test_resume_with_result_files_keeps_only_verdicts_its_file_says(tmp_path: Path) -> None:
+def test_resume_with_result_files_keeps_only_verdicts_its_file_says(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    # the assignment's re-check in onnxruntime is tested end to end (test_batch_cli)
+    monkeypatch.setattr(batch, "counterexample_stands", lambda task, text: True)
     tasks = [_task(0, "a.onnx", "p.vnnlib"), _task(1, "a.onnx", "q.vnnlib"),
              _task(2, "a.onnx", "r.vnnlib")]
     path = _earlier(tmp_path, [_row("p.vnnlib", "holds"), _row("q.vnnlib", "violated"),
@@ -297,3 +301,20 @@ def test_resume_refuses_a_csv_that_is_not_a_results_table(tmp_path: Path) -> Non
     path.write_text("onnx,vnnlib,expected\na.onnx,p.vnnlib,holds\n")
     with pytest.raises(InputFileError, match="not a results CSV"):
         batch.earlier_outcomes(path, [_task(0)], "bab", {0: "d"}, None)
+
+
+def test_result_file_assignments_parse_back_exactly() -> None:
+    from verirepair.report import parse_assignment, vnncomp_text
+    from verirepair.verify.types import Counterexample, Result, Verdict
+
+    x = np.array([0.1, -2.5e-8, 3.0], dtype=np.float32)
+    y = np.array([1e30, -0.0], dtype=np.float32)
+    text = vnncomp_text(Result(Verdict.VIOLATED, Counterexample(x, y, 0, 0)))
+    got = parse_assignment(text)
+    assert got is not None
+    assert np.array_equal(got[0], x.astype(np.float64))
+    assert np.array_equal(got[1], y.astype(np.float64))
+    for bad in ("unsat\n", "sat\n", "sat\n((X_0 1)\n (X_0 2)\n (Y_0 1))\n",
+                "sat\n((X_1 1)\n (Y_0 1))\n", "sat\n((X_0 one)\n (Y_0 1))\n",
+                "sat\n((X_0 nan)\n (Y_0 1))\n", "sat\n((X_0 1))\n"):
+        assert parse_assignment(bad) is None, bad

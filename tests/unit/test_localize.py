@@ -17,7 +17,7 @@ from verirepair.localize import (LOCALIZERS, LocalizeOptions, NoBenignInputs, hi
 from verirepair.localize.api import prepare
 from verirepair.localize.causal import intervened_outputs, intervention_values
 from verirepair.localize.measure import assign_cases, trace
-from verirepair.localize.points import find_points, measure_points
+from verirepair.localize.points import confirmed_sample, find_points, measure_points
 from verirepair.localize.shap import measure_gradient, pair_attributions
 from verirepair.net_types import Affine, AffineReluNet
 from verirepair.network import load_network, torch_layers
@@ -328,6 +328,20 @@ def test_few_sampled_counterexamples_are_densified(tmp_path):
     assert points.source == "sampling" and points.cex.shape[0] > 10 * sampled
     assert np.all(measure_points(network, spec, 0, points.cex) >= 0)
     assert np.all((points.cex >= box.lower) & (points.cex <= box.upper))
+
+
+def test_a_sampled_violation_counts_only_once_onnxruntime_confirms_it(tmp_path):
+    """Sampling measures the float64 lowering; the claim 'violated' needs a point that
+    the original file, run in onnxruntime, puts in the unsafe set."""
+    network = planted_network(tmp_path, corner=1.5)
+    spec = unsafe_y1_ge_y0()
+    points = find_points(network, spec, n_samples=200, seed=0, timeout=60)
+    found = confirmed_sample(network, spec, points.cex)
+    assert found is not None and spec.cases[0].box.contains(found.x)
+    assert found.y[1] >= found.y[0]  # onnxruntime's output is unsafe
+    clear = points.benign[measure_points(network, spec, 0, points.benign) < -0.1]
+    assert clear.shape[0] and confirmed_sample(network, spec, clear) is None
+    assert confirmed_sample(network, spec, points.cex[:0]) is None
 
 
 # --------------------------------------------------------------------------- ACAS Xu

@@ -502,3 +502,25 @@ def test_the_convolution_buffer_counts_towards_the_limit(tmp_path: Path) -> None
     assert len(load_network(path, max_lowered_bytes=8 * 36 * (18 + 36 + 81)).net.layers) == 2
     with pytest.raises(ModelError, match=r"node 'conv' \(Conv\)"):
         load_network(path, max_lowered_bytes=20_000)
+
+
+def test_a_hostile_padding_is_refused_before_it_is_allocated(tmp_path: Path) -> None:
+    """pads of 10^6 on a 6x6 image would make one padded row of 10^12 values (8 TB):
+    refused from the attributes alone, on the running tensor and on a constant."""
+    rng = np.random.default_rng(13)
+    huge = [10**6, 10**6, 10**6, 10**6]
+    conv = helper.make_node("Conv", ["input", "Wc"], ["output"], name="conv",
+                            kernel_shape=[3, 3], pads=huge)
+    side = 6 + 2 * 10**6 - 2
+    path = save_model(tmp_path, [conv], [1, 1, 6, 6], [1, 2, side, side],
+                      [init("Wc", rand(rng, 2, 1, 3, 3))])
+    with pytest.raises(ModelError, match=r"node 'conv' \(Conv\): its attributes make a run"):
+        load_network(path)
+    const = helper.make_node("Conv", ["Xc", "Wc"], ["unused"], name="const_conv",
+                             kernel_shape=[3, 3], pads=huge)
+    relu = helper.make_node("Relu", ["input"], ["output"], name="relu")
+    inits = [init("Xc", rand(rng, 1, 1, 6, 6)), init("Wc", rand(rng, 1, 1, 3, 3))]
+    path = save_model(tmp_path, [const, relu], [1, 1, 6, 6], [1, 1, 6, 6], inits,
+                      name="c.onnx")
+    with pytest.raises(ModelError, match=r"node 'const_conv' \(Conv\): its attributes"):
+        load_network(path)

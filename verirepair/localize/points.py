@@ -18,15 +18,17 @@ import numpy as np
 import torch
 
 from verirepair.localize.measure import assign_cases, violation_measure
-from verirepair.network import Network
+from verirepair.network import Network, onnx_session
 from verirepair.spec_types import Spec
+from verirepair.verify.confirm import confirm
 from verirepair.verify.engine import VerifyOptions, verify
 from verirepair.verify.problem import case_tensors
-from verirepair.verify.types import Verdict
+from verirepair.verify.types import Counterexample, Verdict
 
 NEIGHBOURHOOD = 0.01  # half-width of the box sampled around a verifier counterexample
 GROWTH = (3.0, 10.0)  # box scale factors tried for benign inputs when the box has none
 FEW = 32  # fewer sampled counterexamples than this: sample around each of them as well
+CONFIRM_TRIES = 8  # sampled counterexamples tried in onnxruntime before saying "violated"
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,25 @@ def densify(network: Network, spec: Spec, cex: np.ndarray, n_samples: int,
     per = max(1, n_samples // cex.shape[0])
     return np.concatenate([around(network, spec, int(c), x0, per, rng)
                            for x0, c in zip(cex, cases)])
+
+
+def confirmed_sample(network: Network, spec: Spec, cex: np.ndarray,
+                     tries: int = CONFIRM_TRIES) -> Counterexample | None:
+    """A counterexample confirmed in onnxruntime on the original file among the ``tries``
+    sampled inputs that violate most (sampling measures the float64 lowering only), or
+    None."""
+    if not cex.shape[0]:
+        return None
+    cases = assign_cases(cex, spec)
+    measure = np.empty(cex.shape[0])
+    for c in np.unique(cases):
+        measure[cases == c] = measure_points(network, spec, int(c), cex[cases == c])
+    session = onnx_session(network.model)
+    for i in np.argsort(-measure, kind="stable")[:tries]:
+        found = confirm(network, spec.cases[int(cases[i])], int(cases[i]), cex[i], session)
+        if found is not None:
+            return found
+    return None
 
 
 def find_points(network: Network, spec: Spec, n_samples: int, seed: int,

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from verirepair.errors import MismatchError
+from verirepair.errors import InputFileError, MismatchError
 from verirepair.net_types import AffineReluNet
 from verirepair.network import Network, load_network
 from verirepair.repair.focus import FreeSet, all_parameters, escalation, ranked_neurons
@@ -446,6 +446,15 @@ def _change_stats(report: RepairReport, original: AffineReluNet,
     report.linf_change = float(np.abs(delta).max())
 
 
+def _save_certificates(path: str | Path, certs: dict) -> None:
+    """save_certificates; a failed write is one line naming the file."""
+    try:
+        save_certificates(path, certs)
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot write the certificate: "
+                             f"{exc.strerror or type(exc).__name__}") from None
+
+
 def repair(network_path: str | Path, target_spec_paths: list[str | Path],
            preserve_spec_paths: list[str | Path], out_path: str | Path, budget_s: float,
            options: RepairOptions = RepairOptions(),
@@ -533,8 +542,8 @@ def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
         _prove_and_publish(network, specs, tmp, out_path, domain, options, report, start,
                            budget_s, certs)
         if certificate_path is not None and report.status == "proven":
-            save_certificates(certificate_path, {spec_key(p.path): c for p, c in
-                                                 zip(report.properties, certs)})
+            _save_certificates(certificate_path, {spec_key(p.path): c for p, c in
+                                                  zip(report.properties, certs)})
     finally:
         if tmp.exists():
             os.unlink(tmp)
@@ -584,7 +593,10 @@ def _escalate(network: Network, specs: list[Spec], domain, options: RepairOption
     b = patch.bias.astype(np.float32).astype(np.float64)
     stage = patched_net(network.net, replace(patch, weight=w, bias=b))
     report.hidden_patch["objective"] = round(float(patch.objective), 6)
-    return replace(network, net=stage), {index: (w, b)}
+    # the model too: a Network's lowering and its file must never disagree (a check on
+    # it confirms counterexamples in onnxruntime on ``model``)
+    return replace(network, net=stage, model=patched_layers(network, {index: (w, b)})), \
+        {index: (w, b)}
 
 
 def _prove_and_publish(network: Network, specs: list[Spec], tmp: Path, out_path,

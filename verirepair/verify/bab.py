@@ -300,7 +300,8 @@ class _Search:
         self.unresolved = 0
         self.widths = [w.shape[0] for w, _ in layers[:-1]]
         lo, hi = case.box.lower, case.box.upper
-        self.float32_box = float32_inside(lo, lo, hi) is not None
+        self.float32_box = float32_inside(lo, lo, hi, case.box.strict_lower,
+                                          case.box.strict_upper) is not None
         self.real_only_violation = False
         self.last_report = time.monotonic()
         self.alpha_gate = AlphaGate.empty()
@@ -566,6 +567,7 @@ def verify_case(network: Network, layers: Layers, case: SpecCase, case_index: in
     kind = split_kind(options, network.n_inputs, len(layers) - 1)
     search = _searches()[kind](network, layers, case, case_index, deadline, options, progress,
                             session)
+    search.stats.split = kind
     with torch.no_grad():
         return search.run(initial_attack)
 

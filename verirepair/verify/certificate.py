@@ -42,12 +42,13 @@ from verirepair.network import Network, torch_layers
 from verirepair.lastlayer import (BoxRows, CaseRows, box_bounds, case_rows, proven_by,
                                   sound_box_margin)
 from verirepair.report import write_atomic
-from verirepair.spec_types import Box, Spec, SpecCase
+from verirepair.spec_types import Box, Spec, SpecCase, strict_flags
 from verirepair.verify.types import Result, Stats, Verdict
 
 log = logging.getLogger(__name__)
 
 COVER_NODE_LIMIT = 2_000_000  # regions the coverage check may visit before giving up
+MAX_BOXES = 1_000_000  # a repair writes thousands; more is a hostile or broken file
 BOUND_CHUNK = 4096  # boxes per CROWN batch
 
 
@@ -114,8 +115,13 @@ class CertificateCheck:
 
 
 def validate(cert: Certificate, net: AffineReluNet, spec: Spec) -> None:
-    """Raise MismatchError when the certificate does not fit ``net``/``spec``."""
+    """Raise MismatchError when the certificate does not fit ``net``/``spec`` (or the
+    spec does not fit ``net``)."""
     last = net.layers[-1]
+    n_in, n_out = net.layers[0].weight.shape[1], last.weight.shape[0]
+    if (spec.n_inputs, spec.n_outputs) != (n_in, n_out):
+        raise MismatchError(f"{spec.source} declares {spec.n_inputs} inputs and "
+                            f"{spec.n_outputs} outputs but the model has {n_in} and {n_out}")
     if len(net.layers) < 2:
         raise MismatchError("a certificate needs a network with at least one hidden layer")
     if cert.ref_weight.shape != last.weight.shape or cert.ref_bias.shape != last.bias.shape:
@@ -125,6 +131,9 @@ def validate(cert: Certificate, net: AffineReluNet, spec: Spec) -> None:
         raise MismatchError(f"certificate case indices have shape {cert.case.shape}, "
                             f"not one index per box")
     n = cert.size
+    if n > MAX_BOXES:
+        raise MismatchError(f"certificate holds {n:,} boxes, more than the {MAX_BOXES:,} "
+                            "accepted")
     if cert.lower.shape != (n, spec.n_inputs) or cert.upper.shape != (n, spec.n_inputs):
         raise MismatchError(f"certificate boxes are not {spec.n_inputs}-dimensional")
     if n and (cert.case.min() < 0 or cert.case.max() >= len(spec.cases)):
@@ -154,7 +163,8 @@ def _split_choice(lo: np.ndarray, hi: np.ndarray, r_lo: np.ndarray, r_hi: np.nda
 
 
 def covers(box_lower: np.ndarray, box_upper: np.ndarray, lower: np.ndarray,
-           upper: np.ndarray, node_limit: int = COVER_NODE_LIMIT) -> tuple[bool, str]:
+           upper: np.ndarray, node_limit: int = COVER_NODE_LIMIT,
+           deadline: float | None = None) -> tuple[bool, str]:
     """Whether the union of the closed boxes [lower_i, upper_i] contains the closed box
     [box_lower, box_upper]. Exact (float comparisons only).
 
@@ -163,7 +173,8 @@ def covers(box_lower: np.ndarray, box_upper: np.ndarray, lower: np.ndarray,
     overlaps it, or only one overlaps it without containing it; otherwise cut it at a
     face of an overlapping box that lies strictly inside. Finitely many faces, so this
     ends; a union of finitely many closed boxes that covers all but a null set of a box
-    covers all of it. Returns (False, reason) after ``node_limit`` regions.
+    covers all of it. Returns (False, reason) after ``node_limit`` regions; raises
+    _OutOfTime when ``deadline`` (time.monotonic()) passes.
     """
     stack = [(np.asarray(box_lower, float), np.asarray(box_upper, float),
               np.arange(lower.shape[0]))]
@@ -173,6 +184,8 @@ def covers(box_lower: np.ndarray, box_upper: np.ndarray, lower: np.ndarray,
         nodes += 1
         if nodes > node_limit:
             return False, f"coverage check gave up after {node_limit} regions"
+        if nodes % 1024 == 0:
+            _on_time(deadline)
         lo, hi = lower[idx], upper[idx]
         flat = r_hi <= r_lo
         overlap = np.where(flat, (lo <= r_lo) & (hi >= r_hi),
@@ -229,19 +242,29 @@ def _bounds(layers: list, rows: CaseRows, lower: np.ndarray, upper: np.ndarray,
 def safe_boxes(net: AffineReluNet, case: SpecCase, cert: Certificate,
                select: np.ndarray, deadline: float | None = None) -> np.ndarray:
     """(N,) bool for the boxes ``cert[select]`` (all of ``case``): every disjunct has a
-    row with a positive certified bound (module docstring, step 2). Sound: yes."""
+    row with a positive certified bound on the box's part inside the case (module
+    docstring, step 2), or the box misses the case. Sound: yes."""
     rows = case_rows(case.unsafe)
     n_boxes = int(np.count_nonzero(select))
     if rows.has_empty_disjunct:  # every output is unsafe: no box is safe
         return np.zeros(n_boxes, dtype=bool)
     if rows.n_disjuncts == 0:  # nothing is unsafe
         return np.ones(n_boxes, dtype=bool)
+    # Only each box's part inside the case matters (coverage makes those parts cover the
+    # case): a box that misses the case proves nothing and needs nothing; the others are
+    # bounded on their part inside (tighter and cheaper than on the whole box).
+    lower = np.maximum(cert.lower[select], case.box.lower)
+    upper = np.minimum(cert.upper[select], case.box.upper)
+    inside = np.all(lower <= upper, axis=1)
+    safe = np.ones(n_boxes, dtype=bool)
+    if not inside.any():
+        return safe
     if cert.cached is not None and cert.cached.valid_for(net):
-        hl, hu = cert.cached.hl[select], cert.cached.hu[select]
-        row_lb = cert.cached.row_lb[select][:, :rows.count]
+        hl, hu = cert.cached.hl[select][inside], cert.cached.hu[select][inside]
+        row_lb = cert.cached.row_lb[select][inside][:, :rows.count]
     else:
-        hl, hu, row_lb = _bounds(_reference_layers(net, cert), rows, cert.lower[select],
-                                 cert.upper[select], deadline)
+        hl, hu, row_lb = _bounds(_reference_layers(net, cert), rows, lower[inside],
+                                 upper[inside], deadline)
     last = net.layers[-1]
     n, r = row_lb.shape
     mid, rad = (hl + hu) / 2, (hu - hl) / 2
@@ -250,7 +273,8 @@ def safe_boxes(net: AffineReluNet, case: SpecCase, cert: Certificate,
                        d=np.tile(rows.d, n), leaf=np.repeat(np.arange(n), r))
     margin = sound_box_margin(cert.ref_weight, cert.ref_bias, last.weight - cert.ref_weight,
                               last.bias - cert.ref_bias, box_rows)
-    return proven_by(margin.reshape(n, r), rows)
+    safe[inside] = proven_by(margin.reshape(n, r), rows)
+    return safe
 
 
 def check_certificate(net: AffineReluNet, spec: Spec, cert: Certificate,
@@ -270,7 +294,8 @@ def check_certificate(net: AffineReluNet, spec: Spec, cert: Certificate,
             _on_time(deadline)
             mine = cert.case == index
             ok, why = covers(case.box.lower, case.box.upper, cert.lower[mine],
-                             cert.upper[mine], min(node_limit, 8 * int(mine.sum()) + 1000))
+                             cert.upper[mine], min(node_limit, 8 * int(mine.sum()) + 1000),
+                             deadline)
             if not ok:
                 return CertificateCheck(False, safe, f"case {index}: {why}")
             if mine.any():
@@ -290,18 +315,29 @@ def open_spec(spec: Spec, cert: Certificate, safe: np.ndarray) -> tuple[Spec, np
         parent = spec.cases[int(cert.case[i])]
         lo = np.maximum(cert.lower[i], parent.box.lower)
         hi = np.minimum(cert.upper[i], parent.box.upper)
-        if np.all(lo <= hi):
-            cases.append(SpecCase(Box(lo, hi), parent.unsafe))
+        # a strict bound of the case stays strict where it is a face of the part
+        strict_lo = _strict_face(parent.box.strict_lower, lo, parent.box.lower)
+        strict_hi = _strict_face(parent.box.strict_upper, hi, parent.box.upper)
+        flat_on_strict = (lo == hi) & (strict_flags(strict_lo, lo)
+                                       | strict_flags(strict_hi, hi))
+        if np.all(lo <= hi) and not flat_on_strict.any():  # else: no point of the case
+            cases.append(SpecCase(Box(lo, hi, strict_lo, strict_hi), parent.unsafe))
             origin.append(int(cert.case[i]))
     return replace(spec, cases=tuple(cases)), np.asarray(origin, dtype=np.int64)
+
+
+def _strict_face(strict: np.ndarray | None, bound: np.ndarray, parent: np.ndarray
+                 ) -> np.ndarray | None:
+    return None if strict is None else strict & (bound == parent)
 
 
 def verify_with_certificate(network: Network, spec: Spec, cert: Certificate, timeout: float,
                             run_bab) -> Result:
     """HOLDS when the certificate proves the spec; otherwise branch and bound decides,
     only on the boxes left open when every case is covered. ``run_bab(network, spec,
-    timeout) -> Result`` is the complete engine. Engine name: "certificate" or
-    "certificate+bab"."""
+    timeout) -> Result`` is the complete engine (the one the user chose). Engine name:
+    "certificate", "certificate+<engine>" when that engine decided the open boxes, or the
+    engine's own when the certificate does not cover the spec."""
     t0 = time.monotonic()
     if cert.digest and cert.digest != hidden_digest(network.net):
         log.warning("the certificate was made for a network with other hidden layers; "
@@ -314,7 +350,7 @@ def verify_with_certificate(network: Network, spec: Spec, cert: Certificate, tim
     if not check.covered:
         log.warning("certificate not used: %s", check.reason)
         result = run_bab(network, spec, left)
-        return replace(result, engine="bab", reason=_join(check.reason, result.reason))
+        return replace(result, reason=_join(check.reason, result.reason))
     n_open = int((~check.safe).sum())
     if n_open == 0:
         stats = Stats(boxes=cert.size, seconds=time.monotonic() - t0)
@@ -326,7 +362,12 @@ def verify_with_certificate(network: Network, spec: Spec, cert: Certificate, tim
     if cex is not None:
         cex = replace(cex, case_index=int(origin[cex.case_index]))
     result.stats.seconds = time.monotonic() - t0
-    return replace(result, counterexample=cex, engine="certificate+bab")
+    if cex is not None and not spec.cases[cex.case_index].box.contains(cex.x):
+        return Result(Verdict.UNKNOWN, reason="a counterexample of a certificate box lies "
+                      "outside its case (never expected)",
+                      engine=f"certificate+{result.engine}",
+                      stats=result.stats)
+    return replace(result, counterexample=cex, engine=f"certificate+{result.engine}")
 
 
 def _join(*parts: str) -> str:
@@ -353,6 +394,20 @@ def save_certificates(path: str | Path, certs: dict[str, Certificate]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+MAX_ARRAY_BYTES = 2e9  # one array of a certificate, uncompressed
+
+
+def _check_sizes(data, i: int, path: str | Path) -> None:
+    """Refuse, before anything is decompressed, a certificate whose arrays would be huge
+    (a small compressed file can hold gigabytes of equal boxes)."""
+    for name in ("lower", "upper", "case", "ref_weight", "ref_bias"):
+        size = data.zip.getinfo(f"{name}_{i}.npy").file_size
+        if size > MAX_ARRAY_BYTES:
+            raise InputFileError(f"{path}: the certificate's {name} array would take "
+                                 f"{size:,} bytes, more than the {MAX_ARRAY_BYTES:,.0f} "
+                                 "accepted")
+
+
 def load_certificate(path: str | Path, key: str) -> Certificate | None:
     """The certificate stored for ``key`` (see :func:`spec_key`), None if there is none.
     Raises InputFileError for a missing or unreadable file."""
@@ -362,6 +417,7 @@ def load_certificate(path: str | Path, key: str) -> Certificate | None:
             if key not in keys:
                 return None
             i = keys.index(key)
+            _check_sizes(data, i, path)
             return Certificate(lower=data[f"lower_{i}"].astype(np.float64),
                                upper=data[f"upper_{i}"].astype(np.float64),
                                case=data[f"case_{i}"].astype(np.int64),
@@ -371,6 +427,8 @@ def load_certificate(path: str | Path, key: str) -> Certificate | None:
                                else "")
     except FileNotFoundError:
         raise InputFileError(f"{path}: certificate file not found") from None
+    except InputFileError:
+        raise
     except Exception as exc:  # numpy/zipfile raise many kinds for a file that is not ours
         raise InputFileError(f"{path}: not a verirepair certificate file "
                              f"({type(exc).__name__}: {exc})") from None

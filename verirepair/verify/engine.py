@@ -99,6 +99,7 @@ def _accumulate(total: Stats, part: Stats) -> None:
     total.attack_points += part.attack_points
     total.max_queue = max(total.max_queue, part.max_queue)
     total.unconfirmed += part.unconfirmed
+    total.split = total.split or part.split
 
 
 EngineRun = Callable[[Network, Spec, VerifyOptions, "Progress | None"], Result]
@@ -214,14 +215,15 @@ def verify(network: Network, spec: Spec, options: VerifyOptions = VerifyOptions(
 
 
 def cross_check(network: Network, spec: Spec, engine_name: str, timeout: float,
-                progress: Progress | None = None) -> Result:
-    """Decide ``spec`` again with the engine ``engine_name`` (its own ``timeout`` seconds).
+                progress: Progress | None = None, bab: BabOptions = BabOptions()) -> Result:
+    """Decide ``spec`` again with the engine ``engine_name`` (its own ``timeout`` seconds;
+    ``bab`` holds the branch-and-bound settings when that engine is bab).
 
     Requires a network and spec that fit (MismatchError otherwise) and an available
     engine (EngineUnavailableError otherwise). Returns that engine's Result; compare it
     with the first one with :func:`agreement`.
     """
-    return verify(network, spec, VerifyOptions(timeout=timeout, engine=engine_name),
+    return verify(network, spec, VerifyOptions(timeout=timeout, engine=engine_name, bab=bab),
                   progress)
 
 

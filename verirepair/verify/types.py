@@ -35,6 +35,16 @@ class Stats:
     max_queue: int = 0
     unconfirmed: int = 0
     seconds: float = 0.0
+    split: str = ""  # what branch and bound split: "input" or "relu"; "" when it did not run
+
+    @property
+    def unit(self) -> str:
+        """What ``boxes`` counts: input boxes, or bounded subproblems under ReLU splitting."""
+        return SPLIT_UNITS[self.split]
+
+
+SPLIT_UNITS = {"": "boxes", "input": "boxes", "relu": "subproblems"}
+SPLIT_NAMES = {"input": "input splitting", "relu": "ReLU splitting"}
 
 
 @dataclass(frozen=True)
