@@ -103,10 +103,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     agreed = agreement(result, second) if second is not None else None
     if args.result_file:
         _write_result_file(args.result_file, result, agreed)
-    _print_check(args, result, args.cross_check, second, agreed)
-    if result.verdict is Verdict.HOLDS and not engines[0].sound and second is None:
+    # a 'holds' is a proof when its engine is sound or a sound cross-check agreed
+    sound = result.verdict is not Verdict.HOLDS or engines[0].sound or (
+        second is not None and engines[1].sound and agreed is Agreement.AGREE)
+    _print_check(args, result, args.cross_check, second, agreed, sound)
+    if not sound:
+        hint = ("add --cross-check bab for one" if second is None else
+                f"the cross-check ({engines[1].name}) did not confirm it")
         print(f"note: engine {engines[0].name} is not sound (its 'holds' is not a proof); "
-              f"add --cross-check bab for one", file=sys.stderr)
+              f"{hint}", file=sys.stderr)
     if agreed is Agreement.DISAGREE:
         print(f"error: ENGINES DISAGREE: {result.engine} says {result.verdict.value}, "
               f"{second.engine} says {second.verdict.value}; this is a bug in verirepair "
@@ -153,15 +158,16 @@ def _write_output(path: str | Path, text: str, what: str) -> None:
 
 
 def _print_check(args: argparse.Namespace, result: Result, cross_engine: str | None,
-                 second: Result | None, agreed: Agreement | None) -> None:
-    """The check result on stdout (JSON or text), with the cross-check when one ran."""
+                 second: Result | None, agreed: Agreement | None, sound: bool) -> None:
+    """The check result on stdout (JSON or text), with the cross-check when one ran;
+    ``sound`` is False for a 'holds' that is not a proof."""
     if args.json:
-        data = result_dict(result, str(args.model), str(args.property))
+        data = result_dict(result, str(args.model), str(args.property), sound)
         if cross_engine:
             data["cross_check"] = cross_check_dict(cross_engine, second, agreed)
         print(json_text(data))
         return
-    print(human_text(result))
+    print(human_text(result, sound))
     if cross_engine:
         print(cross_check_text(cross_engine, result, second, agreed))
 

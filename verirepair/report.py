@@ -64,11 +64,14 @@ def parse_assignment(text: str) -> tuple[np.ndarray, np.ndarray] | None:
     return (np.array([x[i] for i in range(len(x))]), np.array([y[j] for j in range(len(y))]))
 
 
-def result_dict(result: Result, model: str, prop: str) -> dict:
+def result_dict(result: Result, model: str, prop: str, sound: bool = True) -> dict:
+    """The JSON result; ``sound`` False marks a 'holds' that is not a proof (an engine
+    that is not sound, not confirmed by a sound cross-check)."""
     return {
         "model": model,
         "property": prop,
         "verdict": result.verdict.value,
+        "sound": sound,
         "engine": result.engine,
         "reason": result.reason,
         "seconds": round(result.stats.seconds, 4),
@@ -78,7 +81,7 @@ def result_dict(result: Result, model: str, prop: str) -> dict:
     }
 
 
-def human_text(result: Result) -> str:
+def human_text(result: Result, sound: bool = True) -> str:
     lines = [result.verdict.value]
     cex = result.counterexample
     if cex is not None:
@@ -88,7 +91,9 @@ def human_text(result: Result) -> str:
     if result.reason:
         lines.append(f"  reason: {result.reason}")
     if result.engine.startswith("certificate"):
-        lines.append(f"  proof: {result.engine}")
+        lines.append(f"  {'proof' if sound else 'by'}: {result.engine}")
+    if not sound:
+        lines.append(f"  not a proof: engine {result.engine} is not sound")
     lines.append(f"  time: {result.stats.seconds:.3f} s, {work_text(result.stats)}")
     return "\n".join(lines)
 

@@ -122,6 +122,15 @@ def test_cross_check_not_run_after_violated(capsys) -> None:
                                    "reason": "runs only to confirm a 'holds'"}
 
 
+def test_z3_takes_an_unlimited_timeout(capsys) -> None:
+    """--timeout inf means no limit (it overflowed z3's millisecond timeout)."""
+    code = cli.main(["check", str(MODEL), str(NEAR_TURN), "--engine", "z3", "--timeout",
+                     "inf", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == EXIT_CODES["holds"], captured.out + captured.err
+    assert captured.out.startswith("holds")
+
+
 def test_cross_check_with_z3_agrees(capsys) -> None:
     code, out, err = check_in_process(capsys, MODEL, NEAR_TURN, "--cross-check", "z3")
     assert code == EXIT_CODES["holds"], out + err
@@ -169,6 +178,21 @@ def test_undecided_cross_check_keeps_the_verdict(monkeypatch, capsys, second) ->
     text = capsys.readouterr().out
     assert code == EXIT_CODES["holds"]
     assert f"cross-check (z3): {second.value} — inconclusive" in text
+
+
+@needs_marabou
+def test_an_unconfirmed_marabou_holds_is_marked_not_sound(monkeypatch, capsys) -> None:
+    """An inconclusive cross-check does not turn Marabou's 'holds' into a proof: the note
+    stays, and the JSON says "sound": false (a bab 'holds' says true)."""
+    monkeypatch.setattr(cli, "cross_check", lying_engine(Verdict.TIMEOUT, "bab"))
+    code = cli.main(["check", str(MODEL), str(NEAR_TURN), "--engine", "marabou",
+                     "--cross-check", "bab", "--quiet", "--json", "--timeout", "60"])
+    captured = capsys.readouterr()
+    assert code == EXIT_CODES["holds"]
+    assert json.loads(captured.out)["sound"] is False
+    assert "not sound" in captured.err and "(bab) did not confirm it" in captured.err
+    code = cli.main(["check", str(MODEL), str(NEAR_TURN), "--quiet", "--json"])
+    assert code == EXIT_CODES["holds"] and json.loads(capsys.readouterr().out)["sound"]
 
 
 # --------------------------------------------------------------------------- missing package

@@ -15,7 +15,7 @@ from verirepair.spec_types import Box, Halfspaces, Spec, SpecCase
 from verirepair.verify.engine import ENGINES, VerifyOptions, verify
 from verirepair.verify.types import Verdict
 from verirepair.verify.z3_engine import (MAX_HIDDEN, UNCONFIRMED_REASON, encode,
-                                         exact_forward, solve, z3_engine)
+                                         exact_forward, exact_unsafe, solve, z3_engine)
 
 A = 2.0 ** -30
 Z3 = VerifyOptions(timeout=30.0, engine="z3")
@@ -180,3 +180,23 @@ def test_ite_and_disjunction_relu_encodings_agree() -> None:
         ite = solve(encode(net, case, relu="ite"), 10)[0]
         phase = solve(encode(net, case, relu="disjunction"), 10)[0]
         assert ite == phase and ite in ("sat", "unsat")
+
+
+def test_strict_rows_and_bounds_are_strict(relu_network) -> None:
+    """y = x + f, f = float32(0.1), on [-f, 1]: y < 0 (strict) is unsafe only at x = -f,
+    and never on -f < x <= 1 (strict bound): exactly HOLDS, where closed constraints
+    would give a point z3 cannot turn into a counterexample (UNKNOWN)."""
+    net, f = relu_net(), float(np.float32(0.1))
+    y_below_zero = Halfspaces(matrix=np.array([[1.0]]), rhs=np.array([0.0]),
+                              strict=np.array([True]))
+    closed_box = Box(lower=np.array([-f]), upper=np.array([1.0]))
+    strict_box = Box(lower=np.array([-f]), upper=np.array([1.0]),
+                     strict_lower=np.array([True]), strict_upper=np.array([False]))
+    assert solve(encode(net, SpecCase(closed_box, (y_below_zero,))), 10)[0] == "unsat"
+    y_at_most_zero = Halfspaces(matrix=np.array([[1.0]]), rhs=np.array([0.0]))
+    assert solve(encode(net, SpecCase(closed_box, (y_at_most_zero,))), 10)[0] == "sat"
+    assert solve(encode(net, SpecCase(strict_box, (y_at_most_zero,))), 10)[0] == "unsat"
+    assert not exact_unsafe(net, SpecCase(strict_box, (y_at_most_zero,)), (Fraction(-f),))
+    assert exact_unsafe(net, SpecCase(closed_box, (y_at_most_zero,)), (Fraction(-f),))
+    spec = spec_for(net, SpecCase(closed_box, (y_below_zero,)))
+    assert verify(relu_network, spec, Z3).verdict is Verdict.HOLDS

@@ -336,7 +336,9 @@ def _run_marabou(query: MarabouQuery, seconds: float, settings: MarabouSettings)
     """Solve ``query`` in this process with Marabou's own (whole-second) timeout."""
     core = _core()
     ipq = _input_query(core, query)
-    options = _options(core, settings, max(1, math.ceil(seconds)))
+    # Marabou takes whole seconds, 0 = no limit (an infinite time limit)
+    options = _options(core, settings, max(1, math.ceil(seconds)) if math.isfinite(seconds)
+                       else 0)
     with captured_output() as output:
         code, values, stats = core.solve(ipq, options, "")
     status = STATUS.get(code, "unknown")
@@ -384,7 +386,7 @@ def solve(query: MarabouQuery, seconds: float, settings: MarabouSettings = Marab
     process.start()
     send.close()
     try:
-        if not receive.poll(seconds + KILL_GRACE_S):
+        if not receive.poll(seconds + KILL_GRACE_S if math.isfinite(seconds) else None):
             return Answer("timeout", detail="Marabou stopped at the deadline")
         return receive.recv()
     except EOFError:

@@ -7,7 +7,8 @@ counterexample is not confirmed by float32 onnxruntime (or z3 gives up), TIMEOUT
 Sound: yes. HOLDS is exact for the real-arithmetic semantics of the lowered network:
 every weight, bias, box bound and spec coefficient is converted with
 ``fractions.Fraction`` (the exact binary value), so the encoding has no rounding at all,
-and ReLU is encoded exactly. (Like every engine here it does not model float32 rounding
+and ReLU is encoded exactly; strict bounds and rows (``>``/``<`` in the file) are strict
+constraints. (Like every engine here it does not model float32 rounding
 inside onnxruntime, which can matter only for margins at the rounding level.) z3's models
 are re-checked in exact Python arithmetic and then in onnxruntime before VIOLATED.
 Complete: yes (linear real arithmetic with case splits), up to the timeout.
@@ -30,7 +31,7 @@ import z3
 from verirepair.errors import MismatchError
 from verirepair.net_types import AffineReluNet
 from verirepair.network import Network, onnx_session
-from verirepair.spec_types import Spec, SpecCase
+from verirepair.spec_types import Spec, SpecCase, strict_flags
 from verirepair.verify.confirm import confirm
 from verirepair.verify.types import Counterexample, Result, Stats, Verdict
 
@@ -57,13 +58,14 @@ class Encoding:
 
     ``constraints`` fix the network semantics and the input box; ``disjuncts`` hold, per
     unsafe disjunct, its rows as (linear term in the outputs, exact right-hand side). The
-    unsafe query is ``And(constraints) and Or_k And_r (term_r <= rhs_r - slack)``.
+    unsafe query is ``And(constraints) and Or_k And_r (term_r <= rhs_r - slack)`` (``<``
+    for the rows the file states strictly; strict input bounds are strict constraints).
     """
 
     inputs: tuple[z3.ArithRef, ...]
     outputs: tuple[z3.ArithRef, ...]
     constraints: tuple[z3.BoolRef, ...]
-    disjuncts: tuple[tuple[tuple[z3.ArithRef, Fraction], ...], ...]
+    disjuncts: tuple[tuple[tuple[z3.ArithRef, Fraction, bool], ...], ...]  # term, rhs, <
     scale: Fraction  # 1 + largest |rhs|: the unit of the slack ladder
     hidden: tuple[tuple[tuple[z3.ArithRef, z3.ArithRef], ...], ...]  # (z, h) per neuron
     net: AffineReluNet  # kept to re-check z3's models in exact Python arithmetic
@@ -74,12 +76,15 @@ class Encoding:
         return z3.And(*self.constraints, self.unsafe(slack))
 
     def unsafe(self, slack: Fraction = Fraction(0)) -> z3.BoolRef:
-        """Some disjunct holds with ``term <= rhs - slack`` on every row."""
+        """Some disjunct holds with ``term <= rhs - slack`` on every row (``<`` where
+        strict)."""
         options = []
         for rows in self.disjuncts:
             if not rows:
                 return z3.BoolVal(True)
-            options.append(z3.And(*[term <= _real(rhs - slack) for term, rhs in rows]))
+            options.append(z3.And(*[term < _real(rhs - slack) if strict
+                                    else term <= _real(rhs - slack)
+                                    for term, rhs, strict in rows]))
         if not options:
             return z3.BoolVal(False)
         return options[0] if len(options) == 1 else z3.Or(*options)
@@ -232,12 +237,15 @@ def encode(net: AffineReluNet, case: SpecCase, prefix: str = "", relu: str = "it
         raise MismatchError(f"box has {lower.shape} bounds but the network has {n_in} inputs")
     xs = [z3.Real(f"{prefix}x_{i}") for i in range(n_in)]
     constraints: list[z3.BoolRef] = []
+    strict_lo = strict_flags(case.box.strict_lower, lower)
+    strict_hi = strict_flags(case.box.strict_upper, upper)
     for i, x in enumerate(xs):
         lo, hi = _exact(lower[i]), _exact(upper[i])
-        if lo == hi:
+        if lo == hi and not (strict_lo[i] or strict_hi[i]):
             constraints.append(x == _real(lo))
         else:
-            constraints += [x >= _real(lo), x <= _real(hi)]
+            constraints += [x > _real(lo) if strict_lo[i] else x >= _real(lo),
+                            x < _real(hi) if strict_hi[i] else x <= _real(hi)]
     h: list[z3.ArithRef] = list(xs)
     hidden: list[tuple[tuple[z3.ArithRef, z3.ArithRef], ...]] = []
     hidden_bounds = _symbolic_bounds(net, [_exact(v) for v in lower],
@@ -280,11 +288,12 @@ def encode(net: AffineReluNet, case: SpecCase, prefix: str = "", relu: str = "it
     for hsp in case.unsafe:
         mat = np.asarray(hsp.matrix, dtype=np.float64).reshape(-1, len(ys))
         rhs = np.asarray(hsp.rhs, dtype=np.float64).reshape(-1)
+        strict = strict_flags(hsp.strict, rhs)
         rows = []
         for r in range(rhs.shape[0]):
             d = _exact(rhs[r])
             scale = max(scale, 1 + abs(d))
-            rows.append((_linear(mat[r], 0.0, ys), d))
+            rows.append((_linear(mat[r], 0.0, ys), d, bool(strict[r])))
         disjuncts.append(tuple(rows))
     return Encoding(tuple(xs), tuple(ys), tuple(constraints), tuple(disjuncts), scale,
                     tuple(hidden), net, case)
@@ -312,16 +321,28 @@ def exact_forward(net: AffineReluNet, x: Sequence[Fraction]) -> list[Fraction]:
 def _disjunct_holds(hsp, y: list[Fraction], slack: Fraction) -> bool:
     mat = np.asarray(hsp.matrix, dtype=np.float64).reshape(-1, len(y))
     rhs = np.asarray(hsp.rhs, dtype=np.float64).reshape(-1)
-    return all(sum((_exact(mat[r, j]) * y[j] for j in range(len(y)) if mat[r, j] != 0),
-                   Fraction(0)) <= _exact(rhs[r]) - slack for r in range(rhs.shape[0]))
+    strict = strict_flags(hsp.strict, rhs)
+
+    def row_holds(r: int) -> bool:
+        lhs = sum((_exact(mat[r, j]) * y[j] for j in range(len(y)) if mat[r, j] != 0),
+                  Fraction(0))
+        bound = _exact(rhs[r]) - slack
+        return lhs < bound if strict[r] else lhs <= bound
+    return all(row_holds(r) for r in range(rhs.shape[0]))
 
 
 def exact_unsafe(net: AffineReluNet, case: SpecCase, x: Sequence[Fraction],
                  slack: Fraction = Fraction(0)) -> bool:
-    """Whether ``x`` is in the case's box and f(x) satisfies some disjunct (exactly)."""
+    """Whether ``x`` is in the case's box and f(x) satisfies some disjunct (exactly,
+    strict bounds and rows included)."""
     lower, upper = np.asarray(case.box.lower), np.asarray(case.box.upper)
-    if len(x) != lower.shape[0] or not all(_exact(lower[i]) <= v <= _exact(upper[i])
-                                           for i, v in enumerate(x)):
+    strict_lo = strict_flags(case.box.strict_lower, lower)
+    strict_hi = strict_flags(case.box.strict_upper, upper)
+
+    def inside(i: int, v: Fraction) -> bool:
+        lo, hi = _exact(lower[i]), _exact(upper[i])
+        return (v > lo if strict_lo[i] else v >= lo) and (v < hi if strict_hi[i] else v <= hi)
+    if len(x) != lower.shape[0] or not all(inside(i, v) for i, v in enumerate(x)):
         return False
     y = exact_forward(net, x)
     return any(_disjunct_holds(hsp, y, slack) for hsp in case.unsafe)
@@ -335,6 +356,14 @@ def _as_fraction(value: z3.ExprRef) -> Fraction:
     raise ValueError(f"z3 model value {value} is not a number")
 
 
+Z3_MAX_MILLIS = 2**32 - 1  # z3's largest timeout (about 50 days): "no limit"
+
+
+def _millis(timeout_s: float) -> int:
+    """A z3 timeout in milliseconds (``inf`` and anything above: the largest one)."""
+    return int(max(1, min(timeout_s * 1000, Z3_MAX_MILLIS)))
+
+
 def solve(encoding: Encoding, timeout_s: float, slack: Fraction = Fraction(0)
           ) -> tuple[str, tuple[Fraction, ...] | None]:
     """Check the encoding. Returns (status, x): status is "sat" (x the exact model
@@ -344,7 +373,7 @@ def solve(encoding: Encoding, timeout_s: float, slack: Fraction = Fraction(0)
         return "timeout", None
     solver = z3.Then("simplify", "propagate-values", "solve-eqs", "elim-uncnstr",
                      "smt").solver()
-    solver.set("timeout", max(1, int(timeout_s * 1000)))
+    solver.set("timeout", _millis(timeout_s))
     solver.add(*encoding.constraints)
     solver.add(encoding.unsafe(slack))
     answer = solver.check()
@@ -381,14 +410,14 @@ def deepest_in_region(encoding: Encoding, x: Sequence[Fraction], timeout_s: floa
     if k is None or not encoding.disjuncts[k]:
         return None
     opt = z3.Optimize()
-    opt.set("timeout", max(1, int(timeout_s * 1000)))
+    opt.set("timeout", _millis(timeout_s))
     opt.add(*encoding.constraints)
     for layer_vars, layer_vals in zip(encoding.hidden, values[:-1]):
         for (z, _), v in zip(layer_vars, layer_vals):
             opt.add(z >= 0 if v >= 0 else z <= 0)
     t = z3.Real("__slack")
     opt.add(t <= _real(encoding.scale))
-    opt.add(*[term <= _real(rhs) - t for term, rhs in encoding.disjuncts[k]])
+    opt.add(*[term <= _real(rhs) - t for term, rhs, _ in encoding.disjuncts[k]])
     opt.maximize(t)
     if opt.check() != z3.sat:
         return None
