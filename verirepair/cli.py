@@ -113,8 +113,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"note: engine {engines[0].name} is not sound (its 'holds' is not a proof); "
               f"{hint}", file=sys.stderr)
     if agreed is Agreement.DISAGREE:
-        print(f"error: ENGINES DISAGREE: {result.engine} says {result.verdict.value}, "
-              f"{second.engine} says {second.verdict.value}; this is a bug in verirepair "
+        print(f"error: ENGINES DISAGREE: {result.engine} says {_said(result)}, "
+              f"{second.engine} says {_said(second)}; this is a bug in verirepair "
               "(please report it with the model and property)", file=sys.stderr)
         return EXIT_INTERNAL
     return VERDICT_EXIT[result.verdict]
@@ -155,6 +155,13 @@ def _write_output(path: str | Path, text: str, what: str) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise InputFileError(f"{path}: cannot write {what}: {reason}") from None
+
+
+def _said(result: Result) -> str:
+    """A verdict as the disagreement message names it."""
+    extra = (" (with an exact real-arithmetic counterexample)" if result.witness is not None
+             else "")
+    return result.verdict.value + extra
 
 
 def _print_check(args: argparse.Namespace, result: Result, cross_engine: str | None,
@@ -230,8 +237,8 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     _check_domain(args)
     if not args.quiet:
         logging.getLogger("verirepair").setLevel(logging.INFO)
-    if args.cross_check:
-        engine_info(args.cross_check)  # unavailable engine: one line, exit 2
+    if args.cross_check:  # unavailable engine or a network it cannot take: one line, now
+        engine_info(args.cross_check).fits(load_network(args.model))
     options = RepairOptions(argmax=args.argmax, domain_lower=args.domain_lower,
                             domain_upper=args.domain_upper, localize=args.localize,
                             cross_check=args.cross_check, patch=args.patch,

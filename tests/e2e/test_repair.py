@@ -304,6 +304,27 @@ def test_repair_cross_check_with_unknown_engine_is_bad_input(tmp_path: Path) -> 
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_a_cross_check_engine_that_cannot_take_the_network_is_refused_at_once(
+        tmp_path: Path) -> None:
+    """z3 takes at most 200 hidden neurons: refused before the repair, not after it."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((5, 201)).astype(np.float32)
+    w2 = rng.standard_normal((201, 5)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "W1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["output"])]
+    graph = helper.make_graph(
+        nodes, "wide", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 5])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 5])],
+        initializer=[numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")])
+    wide = tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), wide)
+    proc = run_cli("repair", wide, FAR_IS_COC, "-o", tmp_path / "x.onnx", "--cross-check",
+                   "z3", "--quiet", timeout=60)
+    assert proc.returncode == 2 and "201 hidden neurons" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "x.onnx").exists()
+
+
 @pytest.mark.parametrize("patch", ["pso", "cmaes", "milp"])
 def test_every_patcher_ends_in_the_same_proof(tmp_path: Path, patch: str) -> None:
     model_path, prop, _, _ = planted_problem(tmp_path, 21)

@@ -57,6 +57,9 @@ def test_bab_agrees_with_z3(chunk: int, tmp_path) -> None:
         exact = verify(network, spec, VerifyOptions(timeout=TIMEOUT, engine="z3"))
         TALLY[(bab.verdict.value, exact.verdict.value)] += 1
         where = f"seed {seed}"
+        assert not (bab.verdict is Verdict.HOLDS and exact.witness is not None), (
+            f"{where}: bab says holds, z3 has an exact counterexample {exact.witness}\n"
+            f"{describe(net, spec)}")
         if bab.verdict in DECIDED and exact.verdict in DECIDED:
             assert bab.verdict is exact.verdict, (
                 f"{where}: bab says {bab.verdict.value}, z3 says {exact.verdict.value}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -12,8 +13,8 @@ from nets import export_and_load, random_case, random_net
 from verirepair.errors import MismatchError
 from verirepair.net_types import Affine, AffineReluNet
 from verirepair.spec_types import Box, Halfspaces, Spec, SpecCase
-from verirepair.verify.engine import ENGINES, VerifyOptions, verify
-from verirepair.verify.types import Verdict
+from verirepair.verify.engine import ENGINES, Agreement, VerifyOptions, agreement, verify
+from verirepair.verify.types import Result, Verdict
 from verirepair.verify.z3_engine import (MAX_HIDDEN, UNCONFIRMED_REASON, encode,
                                          exact_forward, exact_unsafe, solve, z3_engine)
 
@@ -118,9 +119,16 @@ def test_real_counterexample_not_confirmed_in_float32_is_unknown(tmp_path) -> No
     assert result.verdict is Verdict.UNKNOWN
     assert UNCONFIRMED_REASON in result.reason
     assert result.stats.unconfirmed >= 1
-    # the bab engine must not call it violated either
+    # ... but it keeps the exact point: a 'holds' from another engine contradicts it
+    assert result.witness is not None and result.witness.case_index == 0
+    assert exact_unsafe(net, case, result.witness.x)
+    assert agreement(Result(Verdict.HOLDS), result) is Agreement.DISAGREE
+    assert agreement(result, Result(Verdict.HOLDS)) is Agreement.DISAGREE
+    assert agreement(replace(result, witness=None), Result(Verdict.HOLDS)) \
+        is Agreement.INCONCLUSIVE
+    # the bab engine must not call it violated (nor, over the reals, holds) either
     bab = verify(network, spec_for(net, case), VerifyOptions(timeout=5.0, engine="bab"))
-    assert bab.verdict is not Verdict.VIOLATED
+    assert bab.verdict not in (Verdict.VIOLATED, Verdict.HOLDS)
 
 
 def test_cases_and_disjuncts(relu_network) -> None:

@@ -237,7 +237,11 @@ DECIDED = (Verdict.HOLDS, Verdict.VIOLATED)
 
 
 def agreement(first: Result, second: Result) -> Agreement:
-    """Compare two engines' verdicts on the same network and spec."""
+    """Compare two engines' verdicts on the same network and spec. A 'holds' against an
+    exact real-arithmetic witness (z3's UNKNOWN with ``witness``) is a contradiction."""
+    for a, b in ((first, second), (second, first)):
+        if a.verdict is Verdict.HOLDS and b.witness is not None:
+            return Agreement.DISAGREE
     if first.verdict not in DECIDED or second.verdict not in DECIDED:
         return Agreement.INCONCLUSIVE
     return Agreement.AGREE if first.verdict is second.verdict else Agreement.DISAGREE

@@ -48,9 +48,21 @@ SPLIT_NAMES = {"input": "input splitting", "relu": "ReLU splitting"}
 
 
 @dataclass(frozen=True)
+class Witness:
+    """An input of case ``case_index`` that is unsafe in exact real arithmetic on the
+    lowered network (checked in rational arithmetic), although no float32 input near it
+    was confirmed in onnxruntime: not a counterexample, but proof that the property fails
+    over the reals, so a 'holds' from another engine is a contradiction."""
+
+    x: tuple  # Fractions
+    case_index: int
+
+
+@dataclass(frozen=True)
 class Result:
     verdict: Verdict
     counterexample: Counterexample | None = None
     reason: str = ""
     engine: str = "bab"
     stats: Stats = field(default_factory=Stats)
+    witness: Witness | None = None  # z3, when no counterexample was confirmed: see Witness

@@ -33,7 +33,7 @@ from verirepair.net_types import AffineReluNet
 from verirepair.network import Network, onnx_session
 from verirepair.spec_types import Spec, SpecCase, strict_flags
 from verirepair.verify.confirm import confirm
-from verirepair.verify.types import Counterexample, Result, Stats, Verdict
+from verirepair.verify.types import Counterexample, Result, Stats, Verdict, Witness
 
 if TYPE_CHECKING:  # engine.py imports this module; avoid the cycle at run time
     from verirepair.verify.engine import VerifyOptions
@@ -434,6 +434,7 @@ class _CaseOutcome:
     verdict: Verdict
     counterexample: Counterexample | None = None
     reason: str = ""
+    witness: tuple | None = None  # z3's exact unsafe point when none was confirmed
 
 
 def _decide_case(network: Network, case: SpecCase, index: int, end: float, session,
@@ -452,6 +453,7 @@ def _decide_case(network: Network, case: SpecCase, index: int, end: float, sessi
         stats.unconfirmed += cex is None
         return cex
 
+    witness = tuple(x)  # exact: solve re-checked it with exact_unsafe
     cex = confirmed(x)
     if cex is None:
         deep = deepest_in_region(encoding, x, end - time.monotonic())
@@ -466,7 +468,7 @@ def _decide_case(network: Network, case: SpecCase, index: int, end: float, sessi
         cex = confirmed(x)
     if cex is not None:
         return _CaseOutcome(Verdict.VIOLATED, cex)
-    return _CaseOutcome(Verdict.UNKNOWN, reason=UNCONFIRMED_REASON)
+    return _CaseOutcome(Verdict.UNKNOWN, reason=UNCONFIRMED_REASON, witness=witness)
 
 
 def z3_engine(network: Network, spec: Spec, options: "VerifyOptions",
@@ -482,8 +484,11 @@ def z3_engine(network: Network, spec: Spec, options: "VerifyOptions",
     stats = Stats()
     worst = Verdict.HOLDS
     reasons: list[str] = []
+    witness: Witness | None = None
     for index, case in enumerate(spec.cases):
         outcome = _decide_case(network, case, index, end, session, stats)
+        if outcome.witness is not None and witness is None:
+            witness = Witness(outcome.witness, index)
         stats.boxes += 1
         stats.seconds = time.monotonic() - start
         if progress is not None:
@@ -497,4 +502,5 @@ def z3_engine(network: Network, spec: Spec, options: "VerifyOptions",
                 break
             worst = Verdict.UNKNOWN
     stats.seconds = time.monotonic() - start
-    return Result(worst, None, reason="; ".join(reasons), engine="z3", stats=stats)
+    return Result(worst, None, reason="; ".join(reasons), engine="z3", stats=stats,
+                  witness=witness)
