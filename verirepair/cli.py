@@ -229,11 +229,13 @@ def _cmd_repair(args: argparse.Namespace) -> int:
         raise InputFileError("--domain-lower and --domain-upper must be given together")
     out = Path(args.output)
     _check_writable(out)
+    if out.name.endswith(".gz"):
+        raise InputFileError(f"{out}: the repaired model is written uncompressed; name it "
+                             ".onnx")
     for extra in (args.report, args.certificate):
         if extra:
             _check_writable(Path(extra))
-    if out.exists() and out.resolve() == Path(args.model).resolve():
-        raise InputFileError(f"{out}: refusing to overwrite the input model")
+    _check_distinct_outputs(args)
     _check_domain(args)
     if not args.quiet:
         logging.getLogger("verirepair").setLevel(logging.INFO)
@@ -251,6 +253,23 @@ def _cmd_repair(args: argparse.Namespace) -> int:
         _write_output(args.report, json_text(report.to_dict()) + "\n", "the repair report")
     ok = report.status == "proven" or report.status.startswith("nothing to repair")
     return EXIT_HOLDS if ok else EXIT_NOT_REPAIRED
+
+
+def _check_distinct_outputs(args: argparse.Namespace) -> None:
+    """No output of repair may be an input file or another output."""
+    inputs = [("the input model", args.model)]
+    inputs += [("the property", p) for p in args.property]
+    inputs += [("a preserved property", p) for p in args.preserve or []]
+    outputs = [("-o", args.output), ("--report", args.report),
+               ("--certificate", args.certificate)]
+    seen: dict[Path, str] = {Path(path).resolve(): name for name, path in inputs}
+    for flag, path in outputs:
+        if not path:
+            continue
+        where = Path(path).resolve()
+        if where in seen:
+            raise InputFileError(f"{path}: {flag} would overwrite {seen[where]}")
+        seen[where] = flag
 
 
 def _non_negative_int(text: str) -> int:

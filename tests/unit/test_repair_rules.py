@@ -230,3 +230,28 @@ def test_the_qp_stops_at_its_deadline() -> None:
     late = solve_incremental(weight, bias, rows, samples, 1e-3, 1e-6, add_rows=5,
                              deadline=0.0)
     assert done.iterations > 1 and late.iterations == 1 and late.dW is None
+
+
+@pytest.mark.parametrize("answer, blocks", [
+    ("violated", True), ("witness", True), ("unknown", False), ("holds", False)])
+def test_a_cross_check_blocks_on_any_counterexample_real_or_exact(monkeypatch, answer,
+                                                                  blocks) -> None:
+    """A confirmed counterexample and z3's exact real-arithmetic one (an UNKNOWN with a
+    witness) both block publishing; a plain unknown is recorded only."""
+    from verirepair.repair import loop
+    from verirepair.verify.types import Counterexample, Result, Verdict, Witness
+
+    results = {
+        "violated": Result(Verdict.VIOLATED, Counterexample(np.zeros(1), np.zeros(1), 0, 0)),
+        "witness": Result(Verdict.UNKNOWN, witness=Witness((0,), 0)),
+        "unknown": Result(Verdict.UNKNOWN),
+        "holds": Result(Verdict.HOLDS)}
+    monkeypatch.setattr(loop, "cross_check", lambda *a, **k: results[answer])
+    report = loop.RepairReport(model="m.onnx", output=None,
+                               properties=[loop.PropertyReport("p.vnnlib", "target",
+                                                               "violated")])
+    ok = loop._cross_check(None, [None], "z3", report, 0.0, 1e9)
+    assert ok is not blocks
+    assert report.properties[0].cross_check.startswith("z3: ")
+    if blocks:
+        assert report.status.startswith("failed: z3 found") and "bug" in report.status

@@ -534,10 +534,10 @@ def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
     w32, b32 = solved
     _change_stats(report, network.net, {**hidden, len(network.net.layers) - 1: (w32, b32)})
     log.info("QP solved (%d solves); verifying the saved file", report.iterations)
+    certs = [_certificate(prob.network.net, p) for p in prob.parts]
     tmp = save_temp(patched_layers(network, {**hidden,
                                              len(network.net.layers) - 1: (w32, b32)}),
                     out_path)
-    certs = [_certificate(prob.network.net, p) for p in prob.parts]
     try:
         _prove_and_publish(network, specs, tmp, out_path, domain, options, report, start,
                            budget_s, certs)
@@ -624,15 +624,18 @@ def _cross_check(repaired: Network, specs: list[Spec], engine: str, report: Repa
                  start: float, budget_s: float) -> bool:
     """Second proof of every property by ``engine``; False (status set) when it finds a
     counterexample to a property our engine proved: that is a bug in one of them, and
-    nothing is published. Unknown/timeout are recorded and do not block."""
+    nothing is published; so is z3's exact real-arithmetic counterexample (an UNKNOWN
+    with a witness). Other unknown/timeout answers are recorded and do not block."""
     per = max(_deadline_left(start, budget_s) / max(len(specs), 1), 5.0)
     for prop, spec in zip(report.properties, specs):
         t0 = time.monotonic()
         result = cross_check(repaired, spec, engine, per)
         prop.cross_check = f"{engine}: {result.verdict.value}"
         prop.cross_check_seconds = round(time.monotonic() - t0, 3)
-        if result.verdict is Verdict.VIOLATED:
-            report.status = (f"failed: {engine} found a counterexample to {prop.path} that "
-                             f"bab proved; this is a bug, please report it")
+        if result.verdict is Verdict.VIOLATED or result.witness is not None:
+            what = ("a counterexample" if result.counterexample is not None else
+                    "an exact real-arithmetic counterexample")
+            report.status = (f"failed: {engine} found {what} to {prop.path} that bab "
+                             f"proved; this is a bug, please report it")
             return False
     return True
