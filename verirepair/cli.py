@@ -442,8 +442,10 @@ def _add_localize_parser(sub) -> None:
         description="Find counterexamples (sampling, else the verifier) and benign inputs, "
                     "then rank hidden neurons by their blame for the violation (CARE's "
                     "causal attribution by default).",
-        epilog=f"exit codes: {EXIT_HOLDS} ranked (or the property holds), {EXIT_UNKNOWN}/"
-               f"{EXIT_TIMEOUT} no decision, {EXIT_BAD_INPUT} bad input")
+        epilog=f"exit codes: {EXIT_HOLDS} ranked (the first line says violated, or unknown "
+               "when no sampled counterexample is confirmed in onnxruntime) or the property "
+               f"holds, {EXIT_UNKNOWN}/{EXIT_TIMEOUT} nothing to rank (no decision), "
+               f"{EXIT_BAD_INPUT} bad input")
     loc.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
     loc.add_argument("property", help="VNN-LIB property (.vnnlib or .vnnlib.gz)")
     loc.add_argument("--method", choices=sorted(LOCALIZERS), default="causal",
@@ -686,7 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "for --cross-check bab)")
     check.add_argument("--cross-check", choices=sorted(ENGINES), metavar="ENGINE",
                        help="confirm a 'holds' with this second engine (its own --timeout);"
-                            " if it says 'violated' the run fails with exit code "
+                            " if it says 'violated' (or z3 finds an exact real-arithmetic "
+                            "counterexample) the run fails with exit code "
                             f"{EXIT_INTERNAL}")
     check.add_argument("--certificate", metavar="FILE",
                        help="start from the proof certificate `repair --certificate` wrote "
