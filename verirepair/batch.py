@@ -467,18 +467,30 @@ def instance_digest(task: BatchTask) -> str:
     return h.hexdigest()[:16]
 
 
-def results_csv(outcomes: list[BatchOutcome], with_expected: dict | None) -> str:
-    """The results table (instance order); ``expected`` and ``status`` columns when known
-    answers were given."""
+def sound_cell(verdict: str, engine_sound: bool) -> str:
+    """The ``sound`` column: "no" for a 'holds' of an engine that is not sound (not a
+    proof), "yes" for any other 'holds' and for 'violated' (its counterexample was
+    confirmed in onnxruntime), empty for answers that decide nothing."""
+    if verdict == "holds":
+        return "yes" if engine_sound else "no"
+    return "yes" if verdict == "violated" else ""
+
+
+def results_csv(outcomes: list[BatchOutcome], with_expected: dict | None,
+                engine_sound: bool = True) -> str:
+    """The results table (instance order): :data:`CSV_COLUMNS`, then ``sound`` (see
+    :func:`sound_cell`; not required by ``--resume``, so older tables stay readable), then
+    ``expected`` and ``status`` when known answers were given."""
     import io
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS + (["expected", "status"] if with_expected is not None else []))
+    w.writerow(CSV_COLUMNS + ["sound"]
+               + (["expected", "status"] if with_expected is not None else []))
     for o in sorted(outcomes, key=lambda o: o.task.index):
         row = [o.task.onnx, o.task.vnnlib, f"{o.task.timeout:g}", o.verdict,
                f"{o.seconds:.3f}", "" if o.boxes is None else o.boxes, o.reason, o.engine,
-               o.digest]
+               o.digest, sound_cell(o.verdict, engine_sound)]
         if with_expected is not None:
             row += [expected_answer(with_expected, o.task) or "", o.status]
         w.writerow(row)

@@ -496,7 +496,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     # Before any work: the table so far and an 'unknown' result file per instance still
     # to run, so no file of an earlier run outlives this one, and an unwritable place
     # fails at once.
-    _batch_write(out, batch.results_csv(outcomes, expected))
+    _batch_write(out, batch.results_csv(outcomes, expected, info.sound))
     _batch_placeholders(results_dir, [names[t.index] for t in todo])
 
     def on_done(o: batch.BatchOutcome) -> None:
@@ -507,7 +507,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         _batch_progress(o, len(outcomes), len(tasks), args.quiet)
         if results_dir is not None and o.result_text:
             _batch_write(results_dir / names[o.task.index], o.result_text)
-        _batch_write(out, batch.results_csv(outcomes, expected))
+        _batch_write(out, batch.results_csv(outcomes, expected, info.sound))
 
     def on_term(signum, frame) -> None:  # SIGTERM (e.g. `timeout`) ends it like Ctrl-C
         raise KeyboardInterrupt

@@ -56,8 +56,13 @@ _TOKEN_RE = re.compile(
     r"(?P<nl>\n)|(?P<ws>[^\S\n]+)|(?P<comment>;[^\n]*)"
     r"|(?P<lp>\()|(?P<rp>\))|(?P<atom>[^\s();]+)"
 )
-_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
-_VAR_RE = re.compile(r"([XY])_(0|[1-9]\d*)\Z")
+# ASCII digits only: Python's \d also matches other scripts' digits ("1٠" is not ten)
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE]([+-]?\d+))?\Z", re.ASCII)
+_VAR_RE = re.compile(r"([XY])_(0|[1-9]\d*)\Z", re.ASCII)
+# A literal's exponent beyond this is refused before Fraction builds 10**exponent (a
+# 12-character "1e999999999" would take gigabytes); every finite nonzero float64 needs
+# far less.
+MAX_EXPONENT_DIGITS = 6
 _IGNORED_COMMANDS = frozenset(
     {"check-sat", "get-model", "set-logic", "set-info", "set-option", "exit"})
 _COMPARISONS = frozenset({"<=", ">=", "<", ">", "="})
@@ -178,6 +183,22 @@ def _to_float(q: Fraction) -> float:
     return f + 0.0  # "+ 0.0" turns -0.0 into 0.0
 
 
+def _coefficient_float(q: Fraction) -> float:
+    """A variable's coefficient as the nearest float64; OverflowError also when a nonzero
+    coefficient would round to 0 (the variable would drop out of the constraint: Y_0 >= 0
+    would read 0 >= 0)."""
+    f = _to_float(q)
+    if f == 0.0 and q != 0:
+        raise OverflowError
+    return f
+
+
+def _out_of_range(q: Fraction) -> str:
+    """Why a number was refused."""
+    return "non-finite (beyond the float64 range)" if abs(q) >= 1 else \
+        "a coefficient below the float64 range (it would become 0)"
+
+
 _Chunk = tuple[_Atom, ...]  # a conjunction of atoms, shared between DNF terms
 _Term = tuple[_Chunk, ...]  # a conjunction of chunks (cheap to concatenate)
 _Dnf = list[_Term]  # a disjunction of conjunctions
@@ -270,12 +291,21 @@ class _Parser:
 
     def _atom_term(self, atom: SAtom) -> _Linear:
         text = atom.text
-        if _NUMBER_RE.match(text):
-            value = Fraction(text)
+        number = _NUMBER_RE.match(text)
+        if number:
+            exponent = (number.group(1) or "").lstrip("+-").lstrip("0")
+            if len(exponent) > MAX_EXPONENT_DIGITS:
+                raise self.ctx.error(f"number '{text}' has an exponent far beyond the "
+                                     "float64 range", atom)
+            try:
+                value = Fraction(text)
+            except ValueError:  # Python refuses integers of more than 4300 digits
+                raise self.ctx.error(f"number '{text[:20]}...' has too many digits",
+                                     atom) from None
             try:
                 _to_float(value)
             except OverflowError:
-                raise self.ctx.error(f"non-finite number '{text}' (beyond the float64 range)",
+                raise self.ctx.error(f"number '{text}' is {_out_of_range(value)}",
                                      atom) from None
             return _Linear({}, value)
         m = _VAR_RE.match(text)
@@ -352,16 +382,17 @@ class _Parser:
                 atoms.append(_le(rhs, lhs, expr, strict))
         kept: list[_Atom] = []
         for atom in atoms:
-            try:
-                for value in (atom.rhs, *atom.coefs.values()):
-                    _to_float(value)
-            except OverflowError:
-                raise self.ctx.error("non-finite coefficient after linearisation (beyond "
-                                     "the float64 range)", expr) from None
-            if not atom.coefs:
+            if not atom.coefs:  # decided exactly
                 if ZERO < atom.rhs or (ZERO == atom.rhs and not atom.strict):
                     continue  # constant true
                 return []  # constant false: the whole conjunction is empty
+            for value, convert in ((atom.rhs, _to_float),
+                                   *((c, _coefficient_float) for c in atom.coefs.values())):
+                try:
+                    convert(value)
+                except OverflowError:
+                    raise self.ctx.error("a coefficient or constant after linearisation is "
+                                         f"{_out_of_range(value)}", expr) from None
             self._classify(atom)
             kept.append(atom)
         return [(tuple(kept),) if kept else ()]
@@ -433,9 +464,9 @@ def _box_from_atoms(atoms: list[_Atom], n_inputs: int, parser: _Parser, where: S
     strict_lo = np.zeros(n_inputs, dtype=bool)
     strict_hi = np.zeros(n_inputs, dtype=bool)
     for i, (q, s) in exact_lo.items():
-        lower[i], strict_lo[i] = _to_float(q), s
+        lower[i], strict_lo[i] = _bound_float(q, f"X_{i}'s lower", parser, lower_at[i]), s
     for i, (q, s) in exact_hi.items():
-        upper[i], strict_hi[i] = _to_float(q), s
+        upper[i], strict_hi[i] = _bound_float(q, f"X_{i}'s upper", parser, upper_at[i]), s
     for i in range(n_inputs):
         _check_bounds(i, lower, upper, lower_at, upper_at, parser, where, label)
         empty_point = lower[i] == upper[i] and (strict_lo[i] or strict_hi[i])
@@ -444,6 +475,15 @@ def _box_from_atoms(atoms: list[_Atom], n_inputs: int, parser: _Parser, where: S
                                    f"by {float(lower[i])!r}", where, kind=_EmptyBox)
     return Box(lower, upper, strict_lo if strict_lo.any() else None,
                strict_hi if strict_hi.any() else None)
+
+
+def _bound_float(q: Fraction, what: str, parser: _Parser, node: SExpr) -> float:
+    """An exact input bound as its nearest float64; one line naming the bound when it is
+    beyond the float64 range (e.g. ``(<= (* 1e-300 X_0) 1e100)``: X_0 <= 1e400)."""
+    try:
+        return _to_float(q)
+    except OverflowError:
+        raise parser.ctx.error(f"{what} bound is {_out_of_range(q)}", node) from None
 
 
 def _check_bounds(i: int, lower: np.ndarray, upper: np.ndarray, lower_at: dict[int, SExpr],
@@ -538,7 +578,14 @@ class _Assembler:
 
 
 def parse_vnnlib_text(text: str, source: str = "<string>") -> Spec:
-    """Parse VNN-LIB text into a :class:`Spec`; raises :class:`SpecError` on bad input."""
+    """Parse VNN-LIB text into a :class:`Spec`; raises :class:`SpecError` on bad input.
+
+    Arithmetic on constants is exact (rationals; a comparison of constants is decided
+    exactly); each resulting bound, coefficient and right-hand side is then the nearest
+    float64 (as VNN-COMP tools read numbers), and the property is decided exactly on those
+    values. A number or bound beyond the float64 range, and a nonzero coefficient that
+    would round to 0, are refused. A leading byte-order mark is ignored."""
+    text = text.removeprefix("\ufeff")
     ctx = _Ctx(source)
     exprs, eof = _read_sexprs(text, ctx)
     parser = _Parser(ctx)

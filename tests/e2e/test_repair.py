@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import subprocess
@@ -141,12 +142,55 @@ def test_generated_network_with_planted_violation(tmp_path: Path) -> None:
     model_path, prop, grid, threshold = planted_problem(tmp_path, 41)
     assert run_cli("check", model_path, prop, "--quiet").returncode == 10
     out = tmp_path / "fixed.onnx"
-    proc = run_cli("repair", model_path, prop, "-o", out, "--budget", "300",
+    report = tmp_path / "report.json"
+    proc = run_cli("repair", model_path, prop, "-o", out, "--budget", "300", "--report", report,
                    "--domain-lower", "-1", "-1", "--domain-upper", "1", "1", "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert run_cli("check", out, prop, "--quiet").returncode == 0
     y2 = ort_run(out, grid)
     assert np.all(y2[:, 0] - y2[:, 1] > threshold)
+    # the report says where the fidelity figures were measured
+    where = json.loads(report.read_text())["fidelity_domain"]
+    assert where == {"lower": [-1.0, -1.0], "upper": [1.0, 1.0], "given": True,
+                     "decision": "argmin", "samples": 100_000}
+    assert "(argmin, 100,000 samples of the --domain box)" in proc.stdout
+
+
+def test_nothing_to_repair_writes_the_original_over_a_stale_output(tmp_path: Path) -> None:
+    out, cert = tmp_path / "fixed.onnx", tmp_path / "proof.npz"
+    out.write_bytes(b"a model from an earlier run")
+    cert.write_bytes(b"a certificate from an earlier run")
+    proc = run_cli("repair", MODEL, NEAR_TURN, "-o", out, "--certificate", cert,
+                   "--budget", "120", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "nothing to repair" in proc.stdout and f"written: {out}" in proc.stdout
+    assert out.read_bytes() == MODEL.read_bytes()
+    check = run_cli("check", out, NEAR_TURN, "--quiet", "--certificate", cert)
+    assert check.returncode == 0 and "holds no certificate" in check.stderr
+    # a gzip-compressed input: -o gets the model itself, uncompressed
+    packed = tmp_path / "demo.onnx.gz"
+    packed.write_bytes(gzip.compress(MODEL.read_bytes()))
+    proc = run_cli("repair", packed, NEAR_TURN, "-o", out, "--budget", "120", "--quiet")
+    assert proc.returncode == 0 and out.read_bytes() == MODEL.read_bytes(), proc.stderr
+
+
+def test_a_failed_certificate_write_publishes_nothing(tmp_path: Path, monkeypatch) -> None:
+    from verirepair.errors import InputFileError
+    from verirepair.repair import loop
+
+    model_path, prop, _, _ = planted_problem(tmp_path, 5)
+
+    def refuse(path, certs) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop, "save_certificates", refuse)
+    out = tmp_path / "fixed.onnx"
+    with pytest.raises(InputFileError, match="proof.npz: cannot write the certificate"):
+        loop.repair(model_path, [prop], [], out, 300.0,
+                    loop.RepairOptions(domain_lower=(-1.0, -1.0), domain_upper=(1.0, 1.0)),
+                    tmp_path / "proof.npz")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fixed")]
 
 
 # --------------------------------------------------------------------------- (c) impossible

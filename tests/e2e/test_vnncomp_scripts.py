@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_check_cli import (FAR_IS_COC, MODEL, NEAR_TURN, ROOT, check_counterexample,
                             far_is_coc_unsafe, parse_result_file)
 
@@ -53,3 +55,16 @@ def test_the_version_string_and_argument_count_are_checked(tmp_path: Path) -> No
                        ("install_tool.sh", ["v2"])):
         proc = run_script(name, *args, python="/bin/false")  # never installs anything
         assert proc.returncode == 1 and "v1" in proc.stderr, (name, proc.stderr)
+
+
+@pytest.mark.parametrize("timeout, passed", [("60", "58.000"), ("300.5", "298.500"),
+                                             ("4", "4"), ("1.5", "1.5"), ("soon", "soon")])
+def test_run_instance_keeps_the_start_up_inside_the_timeout(tmp_path: Path, timeout: str,
+                                                            passed: str) -> None:
+    fake = tmp_path / "fake_python"  # prints the arguments check would have been given
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(0o755)
+    proc = run_script("run_instance.sh", "v1", "demo", MODEL, NEAR_TURN, tmp_path / "r.txt",
+                      timeout, python=str(fake))
+    assert proc.returncode == 0, proc.stderr
+    assert f" --timeout {passed} --result-file " in proc.stdout

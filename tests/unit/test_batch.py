@@ -145,13 +145,23 @@ def test_results_table_is_in_instance_order_with_judgement_columns() -> None:
                          error_kind="input", status="unsolved", engine="bab", digest="def")]
     rows = list(csv.reader(io.StringIO(results_csv(outs, {("b.onnx", "p.vnnlib"): "violated"}))))
     assert rows[0] == ["onnx", "vnnlib", "timeout", "verdict", "seconds", "boxes", "reason",
-                       "engine", "digest", "expected", "status"]
+                       "engine", "digest", "sound", "expected", "status"]
     assert rows[1] == ["a.onnx", "p.vnnlib", "10", "error", "0.100", "",
-                       "bad, \"quoted\" input", "bab", "def", "", "unsolved"]
+                       "bad, \"quoted\" input", "bab", "def", "", "", "unsolved"]
     assert rows[2] == ["b.onnx", "p.vnnlib", "10", "violated", "2.500", "7", "", "bab", "abc",
-                       "violated", "correct"]
+                       "yes", "violated", "correct"]
     plain = list(csv.reader(io.StringIO(results_csv(outs, None))))
-    assert plain[0][-1] == "digest" and len(plain) == 3
+    assert plain[0][-1] == "sound" and len(plain) == 3
+
+
+@pytest.mark.parametrize("verdict, engine_sound, cell", [
+    ("holds", True, "yes"), ("holds", False, "no"), ("violated", False, "yes"),
+    ("unknown", True, ""), ("timeout", False, ""), ("error", True, "")])
+def test_the_sound_column_marks_a_holds_that_is_not_a_proof(verdict: str, engine_sound: bool,
+                                                            cell: str) -> None:
+    out = BatchOutcome(_task(0, "a.onnx"), verdict, 1.0, engine="marabou", digest="d")
+    rows = list(csv.reader(io.StringIO(results_csv([out], None, engine_sound))))
+    assert dict(zip(rows[0], rows[1]))["sound"] == cell
 
 
 def test_the_digest_follows_the_file_contents(tmp_path: Path) -> None:

@@ -422,15 +422,107 @@ def test_gemm_whose_c_is_the_running_tensor_is_rejected(tmp_path: Path) -> None:
 @pytest.mark.parametrize("op, const_shape, out_shape", [("Add", [2, 1, 2], [2, 1, 2]),
                                                         ("Mul", [2, 1], [2, 2]),
                                                         ("Sub", [3, 2], [3, 2])])
-def test_broadcasts_that_change_the_running_shape_are_rejected(
+def test_broadcasts_that_change_the_running_shape_are_lowered_exactly(
         tmp_path: Path, op: str, const_shape: list[int], out_shape: list[int]) -> None:
-    """relu(x) (shape [1, 2]) op c: a constant that adds a dimension or grows the batch
-    dimension used to be mixed with the lowering's basis axis (a wrong 'holds')."""
+    """relu(x) (shape [1, 2]) op c: a constant that adds a dimension or grows the leading
+    dimension (once mixed with the lowering's basis axis, a wrong 'holds'; then refused)
+    is computed as onnxruntime computes it: the basis axis is separate from every ONNX
+    dimension."""
+    rng = np.random.default_rng(31)
     nodes = [helper.make_node("Relu", ["input"], ["r"], name="relu"),
              helper.make_node(op, ["r", "c"], ["output"], name="op")]
-    c = np.zeros(const_shape, dtype=np.float32)
-    path = save_model(tmp_path, nodes, [1, 2], out_shape, [init("c", c)])
-    with pytest.raises(ModelError, match="broadcasting a constant of shape"):
+    path = save_model(tmp_path, nodes, [1, 2], out_shape,
+                      [init("c", rand(rng, *const_shape, scale=2.0))])
+    check(path, 2, int(np.prod(out_shape)))
+
+
+def test_a_rank_1_tensor_is_not_taken_for_a_batch(tmp_path: Path) -> None:
+    """Reshape to [-1] leaves a rank-1 tensor (4,); Reshape [0, 1, -1] then copies its 4
+    (onnxruntime: four length-1 signals, shape (4, 1, 1)). Lowered as if a batch of 1
+    led the tensor, the Conv saw one length-4 signal: outputs 250.5 / 300.5 instead of
+    100.5 at x = 200, and `check` said 'holds' behind a ReLU gate that the load-time
+    comparison with onnxruntime never opened."""
+    nodes = [helper.make_node("Add", ["input", "gate"], ["g"], name="gate"),
+             helper.make_node("Relu", ["g"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "flat"], ["v"], name="flat"),
+             helper.make_node("Reshape", ["v", "sig"], ["s"], name="signals"),
+             helper.make_node("Conv", ["s", "Wc", "Bc"], ["c"], name="conv",
+                              kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Reshape", ["c", "row"], ["output"], name="row")]
+    inits = [init("gate", np.full(4, -150.0, dtype=np.float32)),
+             shape_init("flat", [-1]), shape_init("sig", [0, 1, -1]),
+             init("Wc", np.array([[[1.0, 2.0, 3.0]]], dtype=np.float32)),
+             init("Bc", np.array([0.5], dtype=np.float32)), shape_init("row", [1, -1])]
+    path = save_model(tmp_path, nodes, [1, 4], [1, 4], inits)
+    network = load_network(path)
+    x = np.array([[200.0, 200.0, 200.0, 200.0], [151.0, 170.0, 190.0, 210.0]])
+    np.testing.assert_array_equal(assert_agrees(network, x)[0], [100.5] * 4)
+    # and a rank-1 graph input flattened with axis 1: (4,) -> (4, 1), then (4, 1) @ (1, 3)
+    nodes = [helper.make_node("Flatten", ["input"], ["f"], name="flatten", axis=1),
+             helper.make_node("MatMul", ["f", "W"], ["output"], name="mm")]
+    path = save_model(tmp_path, nodes, [4], [4, 3],
+                      [init("W", rand(np.random.default_rng(2), 1, 3))], name="r1.onnx")
+    check(path, 4, 12)
+
+
+def test_flatten_with_axis_equal_to_the_rank(tmp_path: Path) -> None:
+    """ONNX Flatten with axis = rank gives (N, 1): a constant (2, 3) becomes a (6, 1)
+    weight."""
+    rng = np.random.default_rng(32)
+    nodes = [helper.make_node("Flatten", ["Wc"], ["W"], name="flatten", axis=2),
+             helper.make_node("MatMul", ["input", "W"], ["output"], name="mm")]
+    check(save_model(tmp_path, nodes, [1, 6], [1, 1], [init("Wc", rand(rng, 2, 3))]), 6, 1)
+
+
+def test_constants_are_folded_in_float32_as_onnxruntime_does(tmp_path: Path) -> None:
+    """(1e8 + 1) - 1e8 is 0 in float32 (1 in float64): the weight the model multiplies by."""
+    nodes = [helper.make_node("Add", ["big", "one"], ["sum"], name="sum"),
+             helper.make_node("Sub", ["sum", "big"], ["w"], name="w"),
+             helper.make_node("Mul", ["input", "w"], ["output"], name="mul")]
+    inits = [init("big", np.array([1e8], dtype=np.float32)),
+             init("one", np.array([1.0], dtype=np.float32))]
+    network = load_network(save_model(tmp_path, nodes, [1, 2], [1, 2], inits))
+    assert not network.net.layers[0].weight.any()
+
+
+def test_a_name_defined_twice_is_refused(tmp_path: Path) -> None:
+    """An initializer W that a Constant node also defines: onnxruntime takes the node's
+    value, a lowering reading the file in order took the initializer."""
+    nodes = [helper.make_node("Relu", ["input"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "W"], ["output"], name="mm"),
+             helper.make_node("Constant", [], ["W"], name="five",
+                              value=numpy_helper.from_array(5 * np.eye(2, dtype=np.float32)))]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2])]
+    output = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2])
+    graph = helper.make_graph(nodes, "g", inputs, [output],
+                              initializer=[init("W", np.eye(2, dtype=np.float32))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "twice.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match=r"node 'five' \(Constant\) defines 'W', which is "
+                                         "already an initializer"):
+        load_network(path)
+
+
+@pytest.mark.parametrize("outputs, attrs", [(["output"], {"training_mode": 1}),
+                                            (["output", "mean_out", "var_out"], {})])
+def test_batchnorm_in_training_mode_is_rejected(tmp_path: Path, outputs: list[str],
+                                                attrs: dict) -> None:
+    """Training mode normalises with the batch's statistics (with batch 1 the output is
+    the bias), not the stored ones."""
+    nodes = [helper.make_node("Relu", ["input"], ["r"], name="relu"),
+             helper.make_node("BatchNormalization", ["r", "scale", "bias", "mean", "var"],
+                              outputs, name="bn", **attrs)]
+    inits = [init(n, np.ones(2, dtype=np.float32)) for n in ("scale", "bias", "mean", "var")]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2])]
+    output = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2])
+    graph = helper.make_graph(nodes, "g", inputs, [output], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    path = tmp_path / "bn.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="BatchNormalization .*training"):
         load_network(path)
 
 
@@ -514,7 +606,8 @@ def test_a_hostile_padding_is_refused_before_it_is_allocated(tmp_path: Path) -> 
     side = 6 + 2 * 10**6 - 2
     path = save_model(tmp_path, [conv], [1, 1, 6, 6], [1, 2, side, side],
                       [init("Wc", rand(rng, 2, 1, 3, 3))])
-    with pytest.raises(ModelError, match=r"node 'conv' \(Conv\): its attributes make a run"):
+    with pytest.raises(ModelError,
+                       match=r"node 'conv' \(Conv\): its inputs and attributes make a run"):
         load_network(path)
     const = helper.make_node("Conv", ["Xc", "Wc"], ["unused"], name="const_conv",
                              kernel_shape=[3, 3], pads=huge)
@@ -522,5 +615,92 @@ def test_a_hostile_padding_is_refused_before_it_is_allocated(tmp_path: Path) -> 
     inits = [init("Xc", rand(rng, 1, 1, 6, 6)), init("Wc", rand(rng, 1, 1, 3, 3))]
     path = save_model(tmp_path, [const, relu], [1, 1, 6, 6], [1, 1, 6, 6], inits,
                       name="c.onnx")
-    with pytest.raises(ModelError, match=r"node 'const_conv' \(Conv\): its attributes"):
+    with pytest.raises(ModelError,
+                       match=r"node 'const_conv' \(Conv\): its inputs and attributes"):
         load_network(path)
+
+
+def test_the_lowering_is_compared_again_on_the_property_boxes(tmp_path: Path) -> None:
+    """A difference behind a ReLU that the load-time points leave inactive (inputs of at
+    most 100 against a threshold of 150) shows on the property's own box, and `verify`
+    refuses to decide about the lowered function."""
+    from dataclasses import replace
+
+    from verirepair.net_types import Affine, AffineReluNet
+    from verirepair.network import check_lowering_on_boxes
+    from verirepair.spec import parse_vnnlib_text
+    from verirepair.verify.engine import verify
+
+    nodes = [helper.make_node("Add", ["input", "gate"], ["g"], name="gate"),
+             helper.make_node("Relu", ["g"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "W"], ["output"], name="mm")]
+    inits = [init("gate", np.full(2, -150.0, dtype=np.float32)),
+             init("W", np.eye(2, dtype=np.float32))]
+    network = load_network(save_model(tmp_path, nodes, [1, 2], [1, 2], inits))
+    box = (np.array([200.0, 200.0]), np.array([201.0, 201.0]))
+    check_lowering_on_boxes(network, [box])  # the true lowering agrees
+    first, last = network.net.layers
+    wrong = replace(network, net=AffineReluNet((first, Affine(2 * last.weight, last.bias))))
+    check_lowering_on_boxes(wrong, [(-box[1], -box[0])])  # gate closed: no difference
+    with pytest.raises(ModelError, match="differs from onnxruntime .* on a point of the "
+                                         "property's input box"):
+        check_lowering_on_boxes(wrong, [(-box[1], -box[0]), box])
+    spec = parse_vnnlib_text("(declare-const X_0 Real)(declare-const X_1 Real)"
+                             "(declare-const Y_0 Real)(declare-const Y_1 Real)"
+                             "(assert (>= X_0 200))(assert (<= X_0 201))"
+                             "(assert (>= X_1 200))(assert (<= X_1 201))"
+                             "(assert (<= Y_0 -1))")
+    with pytest.raises(ModelError, match="differs from onnxruntime"):
+        verify(wrong, spec)
+
+
+@pytest.mark.parametrize("node", [
+    helper.make_node("Conv", ["Xc", "Wc", "r"], ["output"], name="op", kernel_shape=[1]),
+    helper.make_node("BatchNormalization", ["Xc", "one", "one", "r", "one"], ["output"],
+                     name="op")])
+def test_the_running_tensor_only_as_a_data_input(tmp_path: Path, node) -> None:
+    """As a Conv bias or a BatchNormalization mean the running tensor is not transformed
+    the way the lowering applies an operator (its linear part would be dropped with the
+    bias): refused, naming the input."""
+    nodes = [helper.make_node("Relu", ["input"], ["r"], name="relu"), node]
+    inits = [init("Xc", np.ones((1, 1, 3), dtype=np.float32)),
+             init("Wc", np.ones((1, 1, 1), dtype=np.float32)),
+             init("one", np.ones(1, dtype=np.float32))]
+    path = save_model(tmp_path, nodes, [1], [1, 1, 3], inits)
+    with pytest.raises(ModelError, match=r"node 'op' .*input-dependent tensor is input \d "
+                                         r"\('r'\), where only a constant is supported"):
+        load_network(path)
+
+
+def test_an_output_onnxruntime_overflows_does_not_hide_the_others(tmp_path: Path) -> None:
+    """Output 0 is 6e38 (inf in float32, for every input): it is left out of the
+    comparison, output 1 is still compared."""
+    from dataclasses import replace
+
+    from verirepair.net_types import Affine, AffineReluNet
+    from verirepair.network import _check_against_onnxruntime, onnx_session
+
+    big = np.array([[3e38, 0.0]], dtype=np.float32)
+    nodes = [helper.make_node("Add", ["input", "big"], ["a"], name="a"),
+             helper.make_node("Add", ["a", "big"], ["output"], name="b")]
+    network = load_network(save_model(tmp_path, nodes, [1, 2], [1, 2], [init("big", big)]))
+    (layer,) = network.net.layers
+    wrong = AffineReluNet((Affine(layer.weight, layer.bias + np.array([0.0, 0.5])),))
+    with pytest.raises(ModelError, match="differs from onnxruntime"):
+        _check_against_onnxruntime(replace(network, net=wrong), onnx_session(network.model))
+
+
+def test_a_broadcast_that_grows_the_running_tensor_is_bounded_before_it_runs(
+        tmp_path: Path) -> None:
+    """(1,) + (k,1,1) + (1,k,1) + (1,1,k): a 3 KB file whose one-row run would hold k^3
+    values; refused from the shapes alone (the meta device) before any is allocated."""
+    k = 200
+    shapes = [(k, 1, 1), (1, k, 1), (1, 1, k)]
+    nodes = [helper.make_node("Add", ["input", "c0"], ["t0"], name="add0"),
+             helper.make_node("Add", ["t0", "c1"], ["t1"], name="add1"),
+             helper.make_node("Add", ["t1", "c2"], ["output"], name="add2")]
+    inits = [init(f"c{i}", np.zeros(s, dtype=np.float32)) for i, s in enumerate(shapes)]
+    path = save_model(tmp_path, nodes, [1], [k, k, k], inits)
+    with pytest.raises(ModelError, match=r"node 'add2' \(Add\): its inputs and attributes "
+                                         r"make a run of 8,000,000 values"):
+        load_network(path, max_lowered_bytes=1e6)

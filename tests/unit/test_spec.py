@@ -439,7 +439,55 @@ def test_round_trip(data: tuple[int, int, list]) -> None:
 
 def test_overflowing_coefficients_are_refused() -> None:
     err = parse_error(D + BOX + "(assert (<= (+ (* 1e308 Y_0) (* 1e308 Y_0)) 1))")
-    assert "non-finite coefficient" in str(err) and ":6:9:" in str(err)
+    assert "coefficient or constant after linearisation is non-finite" in str(err)
+    assert ":6:9:" in str(err)
+
+
+@pytest.mark.parametrize("text, words", [
+    # a coefficient that would round to 0 would drop its variable from the row: Y_0 >= 0
+    # would read 0 >= 0 (every output unsafe)
+    (D + BOX + "(assert (>= (* 1e-400 Y_0) 0))", ["linearisation", "would become 0"]),
+    (D + BOX + "(assert (>= (* 1e-200 1e-200 Y_0) 0))", ["linearisation", "become 0"]),
+    # X_0 <= 1e400 exactly: no float64 bound says that
+    (D + "(assert (<= (* 1e-300 X_0) 1e100)) (assert (>= X_0 0))"
+     "(assert (>= X_1 0)) (assert (<= X_1 1)) (assert (>= Y_0 0))",
+     ["X_0's upper bound is non-finite"]),
+    # Python's Fraction refuses more than 4300 digits: one line, not a traceback
+    (D + BOX + "(assert (>= Y_0 1" + "0" * 5000 + "))", ["too many digits"]),
+    # Fraction would build 10**999999999 (gigabytes) before any range check
+    (D + BOX + "(assert (>= Y_0 1e999999999))", ["'1e999999999'", "exponent"]),
+    (D + BOX + "(assert (>= Y_0 1e-999999999))", ["'1e-999999999'", "exponent"]),
+    # only ASCII digits: "1" followed by an Arabic-Indic zero is no number, X_1٠ no name
+    (D + "(assert (>= X_0 0)) (assert (<= X_0 1\u0660))" + BOX, ["unknown symbol"]),
+    (D + BOX + "(assert (>= Y_1\u0660 0))", ["unknown symbol"]),
+])
+def test_numbers_that_float64_cannot_hold_are_refused(text: str, words: list[str]) -> None:
+    err = str(parse_error(text))
+    assert all(w in err for w in words), err
+
+
+def test_a_constant_comparison_is_decided_exactly_even_below_float64() -> None:
+    tiny = "0.1" + "0" * 400 + "1"  # exceeds 0.1 by 1e-401: no float64 tells them apart
+    spec = parse_vnnlib_text(D + BOX + f"(assert (<= 0.1 {tiny})) (assert (<= Y_0 1))")
+    assert len(spec.cases) == 1
+    assert parse_vnnlib_text(D + BOX + f"(assert (>= 0.1 {tiny})) (assert (<= Y_0 1))"
+                             ).cases == ()
+
+
+def test_bounds_and_right_hand_sides_below_float64_become_0() -> None:
+    """Unlike a coefficient, a bound or right-hand side that underflows keeps its meaning
+    up to the nearest-float64 reading every number gets: X_0 >= 1e-330 reads X_0 >= 0."""
+    spec = parse_vnnlib_text(D + "(assert (<= X_0 1e-300)) (assert (>= (* 1e300 X_0) 1e-30))"
+                             "(assert (>= X_1 0)) (assert (<= X_1 1)) (assert (<= Y_0 1e-400))")
+    (case,) = spec.cases
+    assert case.box.lower.tolist() == [0.0, 0.0] and case.box.upper[0] == 1e-300
+    assert case.unsafe[0].rhs.tolist() == [0.0]
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "bom.vnnlib"
+    path.write_bytes(b"\xef\xbb\xbf" + (D + BOX + "(assert (<= Y_0 1))").encode())
+    assert len(load_spec(path).cases) == 1
 
 
 # ------------------------------------------------ exact constants and strict comparisons

@@ -8,9 +8,11 @@ property with the complete verifier -> rename to ``out_path`` only if all hold.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import time
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -27,6 +29,7 @@ from verirepair.repair.qp import Penalties, QPOutcome, SampleRows, all_free, sol
 from verirepair.repair.rows import (box_rows, counterexample_mask, decision_rows,
                                     hidden_and_output, near_boundary, sample_boxes)
 from verirepair.repair.save import last_layer_initializers, patched_layers, save_temp
+from verirepair.report import write_atomic
 from verirepair.spec import load_spec
 from verirepair.spec_types import Spec
 from verirepair.verify.certificate import (CachedBounds, Certificate, hidden_digest,
@@ -126,6 +129,9 @@ class RepairReport:
     patched_neurons: list[int] = field(default_factory=list)  # last-hidden, outgoing weights
     free_set: str = ""
     hidden_patch: dict = field(default_factory=dict)  # --patch milp: the hidden-layer stage
+    # where agreement/max_output_change were measured: the domain box (--domain-*, else
+    # the hull of the property boxes), the decision rule and the number of samples
+    fidelity_domain: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -486,6 +492,7 @@ def repair(network_path: str | Path, target_spec_paths: list[str | Path],
     log.info("before: %s", ", ".join(f"{p}: {v.value}" for p, (v, _, _) in zip(paths, before)))
     if all(v is Verdict.HOLDS for v, _, _ in before):
         report.status = "nothing to repair: every property already holds"
+        _publish_unchanged(Path(network_path), out_path, certificate_path, report)
         report.seconds = time.monotonic() - start
         return report
     _run(network, specs, out_path, budget_s, options, report, start, certificate_path)
@@ -493,11 +500,42 @@ def repair(network_path: str | Path, target_spec_paths: list[str | Path],
     return report
 
 
+def _publish_unchanged(model_path: Path, out_path, certificate_path: str | Path | None,
+                       report: RepairReport) -> None:
+    """Nothing to repair: ``out_path`` gets the original file's bytes, so that a pipeline
+    reading it after exit 0 never finds the file of an earlier run; the certificate file,
+    when asked for, holds no certificate (``check --certificate`` then verifies from
+    scratch, as it must: no partition was built)."""
+    try:
+        data = model_path.read_bytes()
+        if data[:2] == b"\x1f\x8b":  # a .onnx.gz input: -o is written uncompressed
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputFileError(f"{model_path}: cannot read the model again: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+    if certificate_path is not None:
+        _save_certificates(certificate_path, {})
+    try:
+        write_atomic(out_path, data)
+    except OSError as exc:
+        raise InputFileError(f"{out_path}: cannot write the model: "
+                             f"{exc.strerror or exc}") from None
+    report.output = str(out_path)
+    report.notes.append("the original model is written unchanged"
+                        + ("; the certificate file holds no certificate"
+                           if certificate_path is not None else ""))
+
+
 def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
          options: RepairOptions, report: RepairReport, start: float,
          certificate_path: str | Path | None = None) -> None:
     domain = _domain(specs, options)
     report.localize, report.patch = options.localize, options.patch
+    report.fidelity_domain = {
+        "lower": [float(v) for v in domain[0]], "upper": [float(v) for v in domain[1]],
+        "given": options.domain_lower is not None,
+        "decision": "argmax" if options.argmax else "argmin",
+        "samples": options.fidelity_samples}
     stage = network
     hidden: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if options.patch == "milp":
@@ -540,10 +578,7 @@ def _run(network: Network, specs: list[Spec], out_path, budget_s: float,
                     out_path)
     try:
         _prove_and_publish(network, specs, tmp, out_path, domain, options, report, start,
-                           budget_s, certs)
-        if certificate_path is not None and report.status == "proven":
-            _save_certificates(certificate_path, {spec_key(p.path): c for p, c in
-                                                  zip(report.properties, certs)})
+                           budget_s, certs, certificate_path)
     finally:
         if tmp.exists():
             os.unlink(tmp)
@@ -601,7 +636,10 @@ def _escalate(network: Network, specs: list[Spec], domain, options: RepairOption
 
 def _prove_and_publish(network: Network, specs: list[Spec], tmp: Path, out_path,
                        domain, options: RepairOptions, report: RepairReport, start: float,
-                       budget_s: float, certs: list[Certificate]) -> None:
+                       budget_s: float, certs: list[Certificate],
+                       certificate_path: str | Path | None = None) -> None:
+    """Prove every property on the saved file ``tmp``; only then the certificates are
+    written (a failed write publishes nothing) and ``tmp`` renamed to ``out_path``."""
     repaired = load_network(tmp)
     results = _verify_all(repaired, specs, max(_deadline_left(start, budget_s), 5.0), certs)
     for prop, (verdict, seconds, engine) in zip(report.properties, results):
@@ -615,6 +653,9 @@ def _prove_and_publish(network: Network, specs: list[Spec], tmp: Path, out_path,
     if options.cross_check and not _cross_check(repaired, specs, options.cross_check,
                                                 report, start, budget_s):
         return
+    if certificate_path is not None:
+        _save_certificates(certificate_path, {spec_key(p.path): c for p, c in
+                                              zip(report.properties, certs)})
     os.replace(tmp, out_path)
     report.output = str(out_path)
     report.status = "proven"

@@ -24,7 +24,10 @@ def repair_summary(report: RepairReport) -> str:
                          + (f" (localize: {report.localize})" if report.localize != "none"
                             else ""))
     if report.agreement is not None:
-        lines.append(f"  decision agreement: {100 * report.agreement:.2f} %, "
+        where = report.fidelity_domain
+        box = "the --domain box" if where.get("given") else "the hull of the property boxes"
+        on = f" ({where['decision']}, {where['samples']:,} samples of {box})" if where else ""
+        lines.append(f"  decision agreement: {100 * report.agreement:.2f} %{on}, "
                      f"max output change: {report.max_output_change:.4g}")
     if report.output:
         lines.append(f"  written: {report.output}")

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 from verirepair.errors import MismatchError, VerirepairError
-from verirepair.network import Network, onnx_session, torch_layers
+from verirepair.network import Network, check_lowering_on_boxes, onnx_session, torch_layers
 from verirepair.spec_types import Spec
 from verirepair.verify import marabou_engine
 from verirepair.verify.bab import (BabOptions, Deadline, Progress, attack_case,
@@ -207,8 +207,11 @@ def check_compatible(network: Network, spec: Spec) -> None:
 
 def verify(network: Network, spec: Spec, options: VerifyOptions = VerifyOptions(),
            progress: Progress | None = None) -> Result:
-    """Decide whether ``network`` satisfies ``spec`` (whose unsafe set must be empty)."""
+    """Decide whether ``network`` satisfies ``spec`` (whose unsafe set must be empty).
+    Raises ModelError when the lowered network and onnxruntime differ on the spec's input
+    boxes (the verdict would be about another function)."""
     check_compatible(network, spec)
+    check_lowering_on_boxes(network, [(c.box.lower, c.box.upper) for c in spec.cases])
     info = engine_info(options.engine)
     info.fits(network)
     return info.run(network, spec, options, progress)
