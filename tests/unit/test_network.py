@@ -704,3 +704,56 @@ def test_a_broadcast_that_grows_the_running_tensor_is_bounded_before_it_runs(
     with pytest.raises(ModelError, match=r"node 'add2' \(Add\): its inputs and attributes "
                                          r"make a run of 8,000,000 values"):
         load_network(path, max_lowered_bytes=1e6)
+
+
+def test_integer_constants_divide_as_whole_numbers(tmp_path: Path) -> None:
+    """Div on int64 constants truncates (ONNX, onnxruntime): [5, -2] / [2, 2] * [2, 1] is
+    the shape [4, -1], not [5, -1]; the reshapes and the transpose then put the inputs in
+    onnxruntime's order (true division reordered them: a wrong 'holds')."""
+    nodes = [helper.make_node("Div", ["a", "b"], ["q"], name="div"),
+             helper.make_node("Mul", ["q", "c"], ["shape"], name="mul"),
+             helper.make_node("Reshape", ["input", "shape"], ["m"], name="reshape"),
+             helper.make_node("Transpose", ["m"], ["t"], name="transpose", perm=[1, 0]),
+             helper.make_node("Reshape", ["t", "row"], ["output"], name="row")]
+    inits = [shape_init("a", [5, -2]), shape_init("b", [2, 2]), shape_init("c", [2, 1]),
+             shape_init("row", [1, -1])]
+    check(save_model(tmp_path, nodes, [1, 20], [1, 20], inits), 20, 20)
+    inits[1] = shape_init("b", [2, 0])
+    path = save_model(tmp_path, nodes, [1, 20], [1, 20], inits, name="zero.onnx")
+    with pytest.raises(ModelError, match=r"node 'div' \(Div\): integer Div by zero"):
+        load_network(path)
+
+
+def test_the_comparison_is_per_output_and_scale_free(tmp_path: Path) -> None:
+    """A wrong output next to a much larger one, or every output tiny: both are caught
+    (the scale was once the largest output of all, with a floor of 1)."""
+    from dataclasses import replace
+
+    from verirepair.net_types import Affine, AffineReluNet
+    from verirepair.network import _check_against_onnxruntime, onnx_session
+
+    w = np.array([[1000.0, 1e-7], [1000.0, 2e-7]], dtype=np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "W"], ["output"], name="mm")]
+    network = load_network(save_model(tmp_path, nodes, [1, 2], [1, 2], [init("W", w)]))
+    (layer,) = network.net.layers
+    for weight in (layer.weight * np.array([[1.0], [-1.0]]),  # output 1 negated
+                   layer.weight * np.array([[1.0], [1.5]])):  # output 1 half again
+        wrong = AffineReluNet((Affine(weight, layer.bias),))
+        with pytest.raises(ModelError, match="differs from onnxruntime .* in output 1"):
+            _check_against_onnxruntime(replace(network, net=wrong),
+                                       onnx_session(network.model))
+
+
+def test_a_malformed_constant_is_one_line(tmp_path: Path) -> None:
+    bad = TensorProto(name="v", data_type=TensorProto.FLOAT, dims=[2],
+                      raw_data=b"\0\0\0\0")  # 4 bytes for 2 floats
+    nodes = [helper.make_node("Constant", [], ["c"], name="const", value=bad),
+             helper.make_node("Add", ["input", "c"], ["output"], name="add")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "bad_const.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match=r"node 'const' \(Constant\): malformed constant"):
+        load_network(path)
