@@ -239,8 +239,8 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     _check_domain(args)
     if not args.quiet:
         logging.getLogger("verirepair").setLevel(logging.INFO)
-    if args.cross_check:  # unavailable engine or a network it cannot take: one line, now
-        engine_info(args.cross_check).fits(load_network(args.model))
+    if args.cross_check:  # unavailable engine: one line, now (repair checks that it fits)
+        engine_info(args.cross_check)
     options = RepairOptions(argmax=args.argmax, domain_lower=args.domain_lower,
                             domain_upper=args.domain_upper, localize=args.localize,
                             cross_check=args.cross_check, patch=args.patch,

@@ -79,8 +79,6 @@ def _attr_dict(node: onnx.NodeProto) -> dict:
 
 def _op_matmul(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
     a, b = xs
-    if dyn[1]:
-        raise ModelError("MatMul with an input-dependent right operand is not supported")
     if dyn[0] and b.dim() != 2:
         raise ModelError(f"MatMul of the running tensor with a {b.dim()}-D constant is not "
                          "supported (only a 2-D right operand)")
@@ -90,10 +88,8 @@ def _op_matmul(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
 def _op_gemm(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
     a, b = xs[0], xs[1]
     c = xs[2] if len(xs) > 2 else None
-    if dyn[1] or attrs.get("transA", 0):
-        raise ModelError("Gemm with transA=1 or an input-dependent B is not supported")
-    if len(dyn) > 2 and dyn[2]:
-        raise ModelError("Gemm with an input-dependent C is not supported")
+    if attrs.get("transA", 0):
+        raise ModelError("Gemm with transA=1 is not supported")
     if attrs.get("transB", 0):
         b = b.T
     y = float(attrs.get("alpha", 1.0)) * torch.matmul(a, b)
@@ -116,8 +112,6 @@ def _binary_affine(kind: str) -> OpFn:
             return a + b if kind == "Add" else a - b
         if kind == "Mul":
             return a * b
-        if dyn[1]:
-            raise ModelError("Div by an input-dependent tensor is not supported")
         if a.is_floating_point() or b.is_floating_point():
             return a / b
         if bool((b == 0).any()):  # integer constants: ONNX divides whole numbers
@@ -145,8 +139,6 @@ def _op_flatten(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
 
 
 def _op_reshape(xs: list, attrs: dict, dyn: list, linear_only: bool) -> Tensor:
-    if dyn[1]:
-        raise ModelError("Reshape to an input-dependent shape is not supported")
     x, shape = xs[0], [int(s) for s in xs[1].tolist()]
     if attrs.get("allowzero", 0) and 0 in shape:
         raise ModelError("Reshape with allowzero=1 and a 0 in the shape is not supported")
@@ -215,8 +207,9 @@ OPS: dict[str, OpFn] = {
 
 
 # Which inputs of an operator the running (input-dependent) tensor may be: the data
-# inputs. Anywhere else (a Conv bias, a BatchNormalization mean, a Dropout ratio, a
-# Reshape shape) the operator is not affine in it the way the lowering applies it.
+# inputs. Anywhere else (a MatMul's right operand, a Gemm's B or C, a divisor, a Conv
+# bias, a BatchNormalization mean, a Dropout ratio, a Reshape shape) the operator is not
+# affine in it the way the lowering applies it; the operator functions rely on this.
 DATA_INPUTS: dict[str, tuple[int, ...]] = {
     "MatMul": (0,), "Gemm": (0,), "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1), "Div": (0,),
     "Relu": (0,), "Identity": (0,), "Dropout": (0,), "Flatten": (0,), "Reshape": (0,),
@@ -258,16 +251,22 @@ def _check_dropout(node: onnx.NodeProto, consts: dict) -> None:
 
 # --------------------------------------------------------------------------- loading
 
-def _read_model(path: Path) -> onnx.ModelProto:
+def read_model_bytes(path: Path) -> bytes:
+    """The serialised model of a ``.onnx`` file, or of a ``.onnx.gz`` file decompressed.
+    Raises InputFileError for a missing or unreadable file."""
     if not path.is_file():
         raise InputFileError(f"{path}: model file not found")
     try:
         raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-        return onnx.load_from_string(raw)
+        return gzip.decompress(raw) if path.suffix == ".gz" else raw
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise InputFileError(f"{path}: cannot read model: {exc}") from None
+
+
+def _read_model(path: Path) -> onnx.ModelProto:
+    raw = read_model_bytes(path)
+    try:
+        return onnx.load_from_string(raw)
     except Exception as exc:  # protobuf raises its own DecodeError types
         raise InputFileError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
 
@@ -354,8 +353,6 @@ def _output_size(fn: OpFn, xs: list, attrs: dict, dyn: list) -> int:
         return 0
 
 
-# An upper bound of the values per batch row an operator builds, known before it runs
-# (table; the others' output size is learned from a run on the meta device).
 def _broadcast_row_bound(xs: list, attrs: dict) -> int:
     """Values of an elementwise operator's output: its inputs' broadcast shape (from the
     shapes alone, whatever their dtypes; 0 when they do not broadcast: the run says
@@ -367,6 +364,8 @@ def _broadcast_row_bound(xs: list, attrs: dict) -> int:
     return int(np.prod(shape, dtype=object))
 
 
+# An upper bound of the values per batch row an operator builds, known before it runs
+# (table; the others' output size is learned from a run on the meta device).
 ROW_BOUNDS: dict[str, Callable[[list, dict], int]] = {
     "Conv": _conv_row_bound, "Add": _broadcast_row_bound, "Sub": _broadcast_row_bound,
     "Mul": _broadcast_row_bound, "Div": _broadcast_row_bound}
@@ -467,12 +466,12 @@ class _Lowering:
                              "feed-forward chain)")
         attrs = _attr_dict(node)
         try:
+            _check_data_input(node, dyn)
             self._check_row_bound(node.op_type, names, dyn, attrs)
             if not any(dyn):
                 xs = [self.consts[n] if n else None for n in names]
                 self.consts[node.output[0]] = fn(xs, attrs, dyn, False)
                 return
-            _check_data_input(node, dyn)
             _check_mul_linear(node, dyn)
             _check_outputs(node)
             _check_dropout(node, self.consts)

@@ -8,11 +8,9 @@ property with the complete verifier -> rename to ``out_path`` only if all hold.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import time
-import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -21,7 +19,7 @@ import numpy as np
 
 from verirepair.errors import InputFileError, MismatchError
 from verirepair.net_types import AffineReluNet
-from verirepair.network import Network, load_network
+from verirepair.network import Network, load_network, read_model_bytes
 from verirepair.repair.focus import FreeSet, all_parameters, escalation, ranked_neurons
 from verirepair.repair.partition import Partition, partition, refine
 from verirepair.lastlayer import BoxRows, box_slack, case_rows, sound_box_margin
@@ -35,7 +33,8 @@ from verirepair.spec_types import Spec
 from verirepair.verify.certificate import (CachedBounds, Certificate, hidden_digest,
                                            save_certificates, spec_key,
                                            verify_with_certificate)
-from verirepair.verify.engine import VerifyOptions, check_compatible, cross_check, verify
+from verirepair.verify.engine import (VerifyOptions, check_compatible, cross_check,
+                                      engine_info, verify)
 from verirepair.verify.types import Result, Verdict
 
 
@@ -475,6 +474,8 @@ def repair(network_path: str | Path, target_spec_paths: list[str | Path],
     """
     start = time.monotonic()
     network = load_network(network_path)
+    if options.cross_check:  # unavailable engine or a network it cannot take: at once
+        engine_info(options.cross_check).fits(network)
     targets = [load_spec(p) for p in target_spec_paths]
     preserves = [load_spec(p) for p in preserve_spec_paths]
     specs = targets + preserves
@@ -506,13 +507,7 @@ def _publish_unchanged(model_path: Path, out_path, certificate_path: str | Path 
     reading it after exit 0 never finds the file of an earlier run; the certificate file,
     when asked for, holds no certificate (``check --certificate`` then verifies from
     scratch, as it must: no partition was built)."""
-    try:
-        data = model_path.read_bytes()
-        if data[:2] == b"\x1f\x8b":  # a .onnx.gz input: -o is written uncompressed
-            data = gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputFileError(f"{model_path}: cannot read the model again: "
-                             f"{getattr(exc, 'strerror', None) or exc}") from None
+    data = read_model_bytes(model_path)  # a .onnx.gz input: -o is written uncompressed
     if certificate_path is not None:
         _save_certificates(certificate_path, {})
     try:
