@@ -77,7 +77,8 @@ def _optional(parse):
 COLUMN_TYPES = {"proven_by_check": lambda t: t == "True", "seconds": float,
                 "changed_parameters": _optional(int), "l2_change": _optional(float),
                 "linf_change": _optional(float), "agreement": _optional(float),
-                "max_output_change": _optional(float), "recheck_s": _optional(float)}
+                "max_output_change": _optional(float), "recheck_s": _optional(float),
+                "output_scale": _optional(float)}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -99,12 +100,47 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def combo_summary(rows: list[dict]) -> dict:
-    """One line of the Markdown table: proven pairs and medians over the proven ones."""
+def output_scales(bench: Path, networks: set[str]) -> dict[str, float]:
+    """Each network's output scale as repair() reports it (``output_scale``: max |y| of
+    the original on its fidelity samples of the benchmark's domain), for rows measured
+    before the report had it. A network whose file is missing is left out."""
+    import numpy as np
+
+    from acasxu_repair import DOMAIN_LOWER, DOMAIN_UPPER
+    from verirepair.network import load_network
+    from verirepair.repair.loop import RepairOptions, _fidelity_samples
+
+    x = _fidelity_samples((np.asarray(DOMAIN_LOWER), np.asarray(DOMAIN_UPPER)),
+                          RepairOptions())
+    scales = {}
+    for name in sorted(networks):
+        a, b = name[1:].split(",")
+        path = bench / f"ACASXU_run2a_{a}_{b}_batch_2000.onnx"
+        if path.is_file():
+            scales[name] = float(np.abs(load_network(path).net.forward(x)).max())
+    return scales
+
+
+def output_ratios(rows: list[dict], scales: dict[str, float]) -> list[float]:
+    """Largest output change over the network's output scale, per proven row (the row's
+    own ``output_scale`` when it has one)."""
+    out = []
+    for r in rows:
+        scale = r.get("output_scale") or scales.get(r["network"])
+        if r["proven_by_check"] and r.get("max_output_change") is not None and scale:
+            out.append(r["max_output_change"] / scale)
+    return out
+
+
+def combo_summary(rows: list[dict], scales: dict[str, float] | None = None) -> dict:
+    """One line of the Markdown table: proven pairs and medians over the proven ones
+    (with ``scales``, also the median and largest output change / output scale)."""
     proven = [r for r in rows if r["proven_by_check"]]
     agree = [r["agreement"] for r in proven if r["agreement"] is not None]
     local = [r for r in proven if r.get("free_set", "").startswith("top")]
+    ratios = output_ratios(rows, scales or {})
     return {
+        "median_out_ratio": _median(ratios), "max_out_ratio": max(ratios, default=None),
         "proven": len(proven), "pairs": len(rows), "localized": len(local),
         "median_s": _median([r["seconds"] for r in rows]),
         "median_agreement": _median(agree), "min_agreement": min(agree) if agree else None,
@@ -172,7 +208,8 @@ def _paired_table(rows: list[dict], combos: list[tuple[str, str]],
 
 
 def markdown(rows: list[dict], combos: list[tuple[str, str]], command: str,
-             commit: str = "", baseline: tuple[str, str] = ("none", "qp")) -> str:
+             commit: str = "", baseline: tuple[str, str] = ("none", "qp"),
+             scales: dict[str, float] | None = None) -> str:
     pairs = sorted({pair_of(r) for r in rows})
     complete = complete_pairs(rows, combos)
     if complete and len(complete) < len(pairs):  # a partial grid: compare like with like
@@ -188,17 +225,26 @@ def markdown(rows: list[dict], combos: list[tuple[str, str]], command: str,
              "- localized = proven with only the outgoing weights of the localizer's top "
              "neurons (not every last-layer parameter)", "",
              "| localize | patch | proven | localized | median s | median agreement "
-             "| min agreement | median changed | median L2 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| min agreement | median changed | median L2 |"
+             + (" output change / scale: median, max |" if scales else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if scales else "")]
+    if scales:
+        at = next(i for i, line in enumerate(lines) if line.startswith("| localize"))
+        lines[at:at] = ["- output change / scale = the largest output change on the "
+                      "fidelity samples over the original network's max |y| there (the "
+                      "decision agreement does not show outputs moved far while the "
+                      "argmin stays)", ""]
     for loc, pat in combos:
         mine = [r for r in rows if r["localize"] == loc and r["patch"] == pat]
         if not mine:
             continue
-        s = combo_summary(mine)
+        s = combo_summary(mine, scales)
         lines.append(f"| {loc} | {pat} | {s['proven']}/{s['pairs']} | {s['localized']} | "
                      f"{_fmt(s['median_s'], '.1f')} | {_fmt(s['median_agreement'], '.3%')} | "
                      f"{_fmt(s['min_agreement'], '.3%')} | {_fmt(s['median_changed'], '.0f')} | "
-                     f"{_fmt(s['median_l2'], '.4f')} |")
+                     f"{_fmt(s['median_l2'], '.4f')} |"
+                     + (f" {_fmt(s['median_out_ratio'], '.3g')}, "
+                        f"{_fmt(s['max_out_ratio'], '.3g')} |" if scales else ""))
     if baseline in combos:
         lines += _paired_table(rows, combos, baseline)
     return "\n".join(lines) + "\n"
@@ -249,13 +295,16 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     combos = combinations(args)
+    bench = Path(args.benchmarks) / "acasxu"
     if args.report_only:
-        text = markdown(read_rows(out / "ablation.csv"), combos,
-                        " ".join(["benchmarks/ablation.py", *sys.argv[1:]]), args.commit)
+        rows = read_rows(out / "ablation.csv")
+        scales = (output_scales(bench, {r["network"] for r in rows}) if bench.is_dir()
+                  else None)  # without the networks the ratio column is left out
+        text = markdown(rows, combos, " ".join(["benchmarks/ablation.py", *sys.argv[1:]]),
+                        args.commit, scales=scales)
         (out / "ablation.md").write_text(text)
         print(text)
         return 0
-    bench = Path(args.benchmarks) / "acasxu"
     if not bench.is_dir():
         raise SystemExit(f"benchmarks folder not found: {bench}")
     out.mkdir(parents=True, exist_ok=True)
@@ -269,6 +318,8 @@ def main() -> int:
             for loc, pat, a, b, p in todo]
     command = " ".join(["benchmarks/ablation.py", *sys.argv[1:]])
     commit = _commit()
+    scales = output_scales(bench, {f"N{a},{b}" for a, b, _ in pairs}
+                           | {r["network"] for r in rows})
     with ProcessPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
         futures = [pool.submit(_run, job) for job in jobs]
         for count, future in enumerate(as_completed(futures), 1):
@@ -278,8 +329,9 @@ def main() -> int:
                   f"{row['network']} {row['property']}: {row['status']} {row['seconds']} s",
                   file=sys.stderr, flush=True)
             write_csv(out / "ablation.csv", rows)
-            (out / "ablation.md").write_text(markdown(rows, combos, command, commit))
-    print(markdown(rows, combos, command, commit))
+            (out / "ablation.md").write_text(markdown(rows, combos, command, commit,
+                                                      scales=scales))
+    print(markdown(rows, combos, command, commit, scales=scales))
     return 0
 
 

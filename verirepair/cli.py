@@ -198,6 +198,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    """A number > 0 (``inf`` allowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: '{text}'") from None
+    if not value > 0.0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"must be a positive number, got '{text}'")
+    return value
+
+
 def _threads(text: str) -> int:
     """``--threads``: 0 (all cores) or a positive count."""
     try:
@@ -245,7 +256,9 @@ def _cmd_repair(args: argparse.Namespace) -> int:
                             domain_upper=args.domain_upper, localize=args.localize,
                             cross_check=args.cross_check, patch=args.patch,
                             boundary_samples=args.fidelity_samples,
-                            boundary_pool=25 * args.fidelity_samples)
+                            boundary_pool=25 * args.fidelity_samples,
+                            **({} if args.max_output_change is None else
+                               {"max_output_change_ratio": args.max_output_change}))
     report = repair(args.model, args.property, args.preserve or [], out, args.budget, options,
                     args.certificate)
     print(repair_summary(report))
@@ -325,6 +338,13 @@ def _add_repair_parser(sub) -> None:
                           "decision gap among 25N uniform domain samples (better agreement "
                           "with the original, slower; ACAS Xu: N=8000 gave +0.05 to 0.2 "
                           "points at 1.5-3x the QP time); default 0")
+    rep.add_argument("--max-output-change", type=_positive, metavar="R",
+                     help="with --localize: refuse a localised patch that changes some "
+                          "output on the fidelity samples by more than R times the "
+                          "original's largest |output| there, and try the wider sets; a "
+                          "patch used anyway above R is warned about (default 10; inf: "
+                          "never refuse; with --patch milp nothing is refused when the "
+                          "hidden-layer patch alone exceeds R)")
     rep.add_argument("--cross-check", metavar="ENGINE", choices=sorted(ENGINES),
                      help="prove every property of the saved file again with ENGINE "
                           "(e.g. marabou); a contradiction blocks the output")

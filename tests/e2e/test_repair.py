@@ -110,6 +110,7 @@ def test_demo_repair_is_proven(tmp_path: Path) -> None:
     assert data["status"] == "proven"
     assert data["agreement"] >= 0.99
     assert all(p["after"] == "holds" for p in data["properties"])
+    assert 0 < data["max_output_change"] < 10 * data["output_scale"]
     y = ort_run(out, np.random.default_rng(0).uniform(-1, 1, (16, 5)))
     assert y.shape == (16, 5) and np.all(np.isfinite(y))
     assert all(p["engine"].startswith("certificate") for p in data["properties"])

@@ -55,6 +55,30 @@ def test_ablation_summary_counts_and_medians() -> None:
     assert "| shap |" not in table  # combinations without rows are left out
 
 
+def test_ablation_output_change_is_reported_relative_to_the_output_scale() -> None:
+    rows = [{**_row("none", "qp", True, 2.0, 0.999), "max_output_change": 0.2},
+            {**_row("none", "qp", True, 3.0, 0.999), "max_output_change": 0.6,
+             "network": "N2,2"},
+            {**_row("none", "qp", False, 9.0, None), "max_output_change": None,
+             "network": "N2,3"},
+            {**_row("shap", "qp", True, 3.0, 0.999), "max_output_change": 40.0}]
+    rows += [{**rows[-1], "network": net, "proven_by_check": False} for net in ("N2,2", "N2,3")]
+    scales = {"N2,1": 0.4, "N2,2": 0.3, "N2,3": 1.0}
+    s = ablation.combo_summary(rows[:3], scales)
+    assert s["median_out_ratio"] == pytest.approx(1.25) and s["max_out_ratio"] == 2.0
+    table = ablation.markdown(rows, [("none", "qp"), ("shap", "qp")], "x", scales=scales)
+    assert "output change / scale: median, max |" in table
+    assert table.count("| 1.25, 2 |") == 1 and "| 100, 100 |" in table
+    assert "output change / scale" not in ablation.markdown(rows, [("none", "qp")], "x")
+    own = {**rows[0], "output_scale": 0.1}  # newer rows carry repair()'s own scale
+    assert ablation.output_ratios([own], scales) == [pytest.approx(2.0)]
+    assert ablation.output_ratios([{**own, "network": "N9,9"}], {}) == [pytest.approx(2.0)]
+
+
+def test_output_scales_leave_out_a_missing_network(tmp_path: Path) -> None:
+    assert ablation.output_scales(tmp_path, {"N1,1"}) == {}
+
+
 def _pair_row(loc: str, pat: str, net: str, proven: bool, seconds: float,
               agreement: float | None) -> dict:
     return {**_row(loc, pat, proven, seconds, agreement), "network": net}

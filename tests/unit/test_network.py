@@ -652,6 +652,25 @@ def test_the_lowering_is_compared_again_on_the_property_boxes(tmp_path: Path) ->
                              "(assert (<= Y_0 -1))")
     with pytest.raises(ModelError, match="differs from onnxruntime"):
         verify(wrong, spec)
+    # a certificate that covers the whole box never calls verify(): compared there too
+    from verirepair.verify.certificate import (Certificate, check_certificate,
+                                               verify_with_certificate)
+
+    cert = Certificate(box[0][None], box[1][None], np.array([0]), last.weight.copy(),
+                       last.bias.copy())
+    assert check_certificate(wrong.net, spec, cert).holds  # alone it would say holds
+    with pytest.raises(ModelError, match="differs from onnxruntime"):
+        verify_with_certificate(wrong, spec, cert, 10.0,
+                                lambda *args: pytest.fail("the certificate covers it"))
+    # a property that does not fit the model is still that, not an onnxruntime error
+    from verirepair.errors import MismatchError
+
+    one_input = parse_vnnlib_text("(declare-const X_0 Real)(declare-const Y_0 Real)"
+                                  "(declare-const Y_1 Real)(assert (>= X_0 200))"
+                                  "(assert (<= X_0 201))(assert (<= Y_0 -1))")
+    with pytest.raises(MismatchError, match="declares 1 inputs"):
+        verify_with_certificate(wrong, one_input, cert, 10.0,
+                                lambda *args: pytest.fail("never reached"))
 
 
 @pytest.mark.parametrize("node", [

@@ -149,6 +149,8 @@ def test_summary_names_the_proof_engine_and_skips_unchecked_properties() -> None
     assert "t.vnnlib: violated (0.10 s) -> holds (0.50 s, certificate)" in text
     assert "p.vnnlib: holds (0.00 s)\n" in text and "not checked" not in text
     assert "no output file written" in text
+    report.agreement, report.max_output_change, report.output_scale = 0.99, 0.6, 0.2
+    assert "max output change: 0.6 (3x the output scale 0.2)" in repair_summary(report)
 
 
 def _outcome(n_short: int, feasible: bool, rows: int = 100):
@@ -255,3 +257,151 @@ def test_a_cross_check_blocks_on_any_counterexample_real_or_exact(monkeypatch, a
     assert report.properties[0].cross_check.startswith("z3: ")
     if blocks:
         assert report.status.startswith("failed: z3 found") and "bug" in report.status
+
+
+def _run_sets(monkeypatch, patches: list, ratio: float = 10.0, bias=(0.0, 1.0),
+              last_label: str | None = None):
+    """loop._patch_sets over two localised sets then all parameters (labelled
+    ``last_label`` when given), with ``_solve`` faked to return ``patches`` in turn (each
+    call splits: appends its own marker to the parts and sets ``leaf_boxes``); the stage
+    network's last layer is (0, ``bias``) and the original outputs [0, 1] on samples whose
+    last hidden layer is [1, 1, 1] (scale 1). Returns (result, report, parts seen by each
+    set, (give_up_on_stall, budget) of each call, prob, sets)."""
+    import time
+
+    from verirepair.repair import loop
+    from verirepair.repair.focus import FreeSet, all_parameters
+
+    sequence, seen, calls = iter(patches), [], []
+
+    def solve(prob, options, report, start, budget, rounds, give_up_on_stall):
+        seen.append(list(prob.parts))
+        calls.append((give_up_on_stall, budget))
+        prob.parts.append(f"split{len(seen)}")  # undone when the set is refused
+        report.leaf_boxes = len(prob.parts)
+        return next(sequence)
+
+    monkeypatch.setattr(loop, "_solve", solve)
+    sets = [FreeSet(np.zeros((2, 4), dtype=bool), (0,), "top 1 neurons"),
+            FreeSet(np.zeros((2, 4), dtype=bool), (0, 1), "top 2 neurons"),
+            all_parameters(2, 3)]
+    if last_label:
+        sets[-1] = FreeSet(sets[-1].mask, sets[-1].neurons, last_label)
+    guard = loop._OutputGuard(h=np.ones((4, 3)), y=np.tile([0.0, 1.0], (4, 1)), scale=1.0)
+    stage = AffineReluNet((Affine(np.eye(3), np.zeros(3)),
+                           Affine(np.zeros((2, 3)), np.asarray(bias))))
+    prob = SimpleNamespace(parts=["box"], free=None, conflicts=[], scale=1.0,
+                           network=SimpleNamespace(net=stage))
+    report = loop.RepairReport(model="m", output=None)
+    options = loop.RepairOptions(max_output_change_ratio=ratio)
+    out = loop._patch_sets(prob, sets, guard, options, report, time.monotonic(), 100.0)
+    return out, report, seen, calls, prob, sets
+
+
+def _patch(size: float) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) that reproduce the original outputs [0, 1] on h = [1, 1, 1] but for ``size``
+    added to output 0."""
+    return np.zeros((2, 3)), np.array([size, 1.0])
+
+
+def test_a_localised_patch_that_blows_up_an_output_is_refused(monkeypatch) -> None:
+    out, report, seen, _, prob, sets = _run_sets(monkeypatch, [_patch(50.0), _patch(3.0)])
+    assert out is not None and out[1][0] == 3.0
+    assert report.free_set == "top 2 neurons" and report.patched_neurons == [0, 1]
+    assert report.notes == ["top 1 neurons: the patch changes an output by 50x the output "
+                            "scale (more than 10x): refused, escalating"]
+    assert seen == [["box"], ["box"]]  # the refused set's splits are undone
+    assert prob.parts == ["box", "split2"] and prob.free is sets[1].mask
+
+
+def test_a_refused_patch_is_taken_when_no_wider_set_solves(monkeypatch, caplog) -> None:
+    out, report, _, _, prob, sets = _run_sets(monkeypatch,
+                                              [_patch(50.0), _patch(20.0), None])
+    assert out is not None and out[1][0] == 20.0  # the smaller of the two refused
+    assert report.free_set == "top 2 neurons"
+    assert prob.parts == ["box", "split2"] and prob.free is sets[1].mask
+    assert report.leaf_boxes == 2  # the report describes the patch used, not the last set
+    assert ("no wider set gave an accepted patch: the least-changing refused one (top 2 "
+            "neurons) is taken") in report.notes
+    assert "20x the output scale (more than 10x)" in report.notes[-1]
+    assert "20x the output scale" in caplog.text
+
+
+def test_a_large_change_on_the_last_set_is_kept_with_a_note(monkeypatch, caplog) -> None:
+    out, report, _, _, _, _ = _run_sets(monkeypatch, [None, None, _patch(40.0)])
+    assert out is not None and out[1][0] == 40.0 and report.free_set.startswith("all")
+    assert report.notes[-1].startswith("all") and "40x the output scale" in report.notes[-1]
+    assert "refused" not in report.notes[-1] and "40x the output scale" in caplog.text
+    assert report.notes[:2] == ["top 1 neurons: not enough, escalating",
+                                "top 2 neurons: not enough, escalating"]
+    # ... unless a refused patch changed outputs less
+    out, report, _, _, _, _ = _run_sets(monkeypatch, [_patch(20.0), None, _patch(40.0)])
+    assert out[1][0] == 20.0 and report.free_set == "top 1 neurons"
+
+
+def test_patches_within_the_ratio_are_taken_from_the_first_set(monkeypatch) -> None:
+    out, report, _, _, _, _ = _run_sets(monkeypatch, [_patch(9.0)])
+    assert out is not None and report.free_set == "top 1 neurons"
+    assert not report.notes
+    out, report, _, _, _, _ = _run_sets(monkeypatch, [_patch(9.0), _patch(1.0)], ratio=5.0)
+    assert report.free_set == "top 2 neurons"
+
+
+def test_nothing_is_refused_when_the_hidden_patch_alone_is_that_large(monkeypatch,
+                                                                      caplog) -> None:
+    out, report, _, _, _, _ = _run_sets(monkeypatch, [_patch(50.0)], bias=(30.0, 1.0))
+    assert out is not None and report.free_set == "top 1 neurons"
+    assert report.notes[0].startswith("the hidden-layer patch alone changes an output by "
+                                      "30x")
+    assert "50x the output scale (more than 10x)" in report.notes[-1]
+    assert "50x the output scale" in caplog.text
+
+
+def test_the_last_set_is_the_last_in_the_list_whatever_its_label(monkeypatch) -> None:
+    """Only the last set may split on when splitting stalls, gets all the time left, and
+    has its large patch taken."""
+    out, report, _, calls, _, _ = _run_sets(monkeypatch, [None, None, _patch(40.0)],
+                                            last_label="everything")
+    assert [give_up for give_up, _ in calls] == [True, True, False]
+    assert calls[0][1] < 40.0 and calls[2][1] > 90.0
+    assert out is not None and report.free_set == "everything"
+
+
+def test_the_output_guard_measures_what_the_report_says() -> None:
+    """The stage's last hidden layer, the original's outputs, the report's samples: the
+    guard's ratio is the reported max output change over the reported output scale."""
+    from verirepair.repair import loop
+
+    first = Affine(np.array([[1.0], [-1.0]]), np.zeros(2))
+    original = AffineReluNet((first, Affine(np.array([[1.0, 1.0]]), np.zeros(1))))
+    # the stage: a hidden-layer patch that doubles neuron 0 (same last layer)
+    stage = AffineReluNet((Affine(np.array([[2.0], [-1.0]]), np.zeros(2)),
+                           original.layers[-1]))
+    options = loop.RepairOptions(fidelity_samples=500)
+    domain = (np.array([-1.0]), np.array([1.0]))
+    guard = loop._output_guard(original, stage, domain, options)
+    weight, bias = np.array([[0.5, 3.0]]), np.array([0.25])
+    repaired = AffineReluNet((stage.layers[0], Affine(weight, bias)))
+    _, change, scale = loop._fidelity(original, repaired, domain, options)
+    assert guard.scale == pytest.approx(scale)
+    assert guard.ratio(weight, bias) == pytest.approx(change / scale)
+
+
+def test_the_cli_ratio_option_states_the_default_and_refuses_non_positive() -> None:
+    import argparse
+
+    from verirepair import cli
+    from verirepair.repair.loop import RepairOptions
+
+    parser = argparse.ArgumentParser()
+    cli._add_repair_parser(parser.add_subparsers())
+    args = ["repair", "m.onnx", "p.vnnlib", "-o", "x.onnx"]
+    assert parser.parse_args(args).max_output_change is None  # RepairOptions' default
+    assert parser.parse_args(args + ["--max-output-change", "inf"]).max_output_change \
+        == float("inf")
+    for bad in ("0", "-1", "nan", "x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(args + ["--max-output-change", bad])
+    repair = parser._subparsers._group_actions[0].choices["repair"]
+    text = " ".join(repair.format_help().split())
+    assert f"(default {RepairOptions().max_output_change_ratio:g};" in text

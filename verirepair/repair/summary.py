@@ -28,7 +28,10 @@ def repair_summary(report: RepairReport) -> str:
         box = "the --domain box" if where.get("given") else "the hull of the property boxes"
         on = f" ({where['decision']}, {where['samples']:,} samples of {box})" if where else ""
         lines.append(f"  decision agreement: {100 * report.agreement:.2f} %{on}, "
-                     f"max output change: {report.max_output_change:.4g}")
+                     f"max output change: {report.max_output_change:.4g}"
+                     + (f" ({report.max_output_change / report.output_scale:.3g}x the "
+                        f"output scale {report.output_scale:.4g})"
+                        if report.output_scale else ""))
     if report.output:
         lines.append(f"  written: {report.output}")
     else:

@@ -38,7 +38,7 @@ import torch
 
 from verirepair.errors import InputFileError, MismatchError
 from verirepair.net_types import AffineReluNet
-from verirepair.network import Network, torch_layers
+from verirepair.network import Network, check_lowering_on_boxes, torch_layers
 from verirepair.lastlayer import (BoxRows, CaseRows, box_bounds, case_rows, proven_by,
                                   sound_box_margin)
 from verirepair.report import write_atomic
@@ -337,8 +337,12 @@ def verify_with_certificate(network: Network, spec: Spec, cert: Certificate, tim
     only on the boxes left open when every case is covered. ``run_bab(network, spec,
     timeout) -> Result`` is the complete engine (the one the user chose). Engine name:
     "certificate", "certificate+<engine>" when that engine decided the open boxes, or the
-    engine's own when the certificate does not cover the spec."""
+    engine's own when the certificate does not cover the spec. Like ``verify``, raises
+    ModelError when the lowered network and onnxruntime differ on the spec's input boxes
+    (a certificate that covers everything never reaches ``verify``'s own comparison)."""
     t0 = time.monotonic()
+    validate(cert, network.net, spec)  # a spec that does not fit: its own clear line first
+    check_lowering_on_boxes(network, [(c.box.lower, c.box.upper) for c in spec.cases])
     if cert.digest and cert.digest != hidden_digest(network.net):
         log.warning("the certificate was made for a network with other hidden layers; "
                     "it is checked anyway, but expect it to prove little")
