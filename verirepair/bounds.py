@@ -21,8 +21,9 @@ linear functions themselves: a computed coefficient vector (e.g. c @ W, or a pro
 symbolic coefficients with W) may have cancelled to almost nothing while the exact
 products were huge, so every such product also adds |coefficients| @ |W| times a bound
 on |input of W| (the ``zmag`` terms below). REL_MARGIN is many orders of magnitude above
-the float64 rounding error of these sums (n * 2^-53 for n-term sums, n up to 10^5), so
-rounding cannot turn an unprovable bound into a proof.
+the float64 rounding error of these sums (n * 2^-53 for n-term sums, n up to
+``MAX_SUM_TERMS`` = 10^5: wider layers are refused at load), so rounding cannot turn an
+unprovable bound into a proof.
 Reference: Zhang et al., "Efficient Neural Network Robustness Certification with General
 Activation Functions" (CROWN), NeurIPS 2018; Singh et al., DeepPoly, POPL 2019.
 """
@@ -39,6 +40,11 @@ Layers = list[tuple[Tensor, Tensor]]
 
 REL_MARGIN = 1e-10
 ABS_MARGIN = 1e-12
+# The widest sum the margin covers: an n-term float64 sum errs by at most about
+# n * 2^-53 of its terms' magnitude, 1.1e-11 at n = 10^5, a ninth of REL_MARGIN. A lowered
+# layer with more inputs or outputs (the backward pass sums over its outputs) is refused
+# at load (network.load_network).
+MAX_SUM_TERMS = 100_000
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,15 @@ def _size_weighted(coef: Tensor, size: Tensor) -> Tensor:
     return (size.unsqueeze(-1) * coef.abs()).sum(1)
 
 
+def chord_slope(upper: Tensor, lower: Tensor) -> Tensor:
+    """The slope u / (u - l) of the chord above relu on [l, u] (l < 0 < u), NaN where
+    u - l overflows: a slope of 0 there would drop the neuron from the upper relaxation
+    (a wrong 'holds' on boxes near the float64 range); NaN proves nothing."""
+    width = upper - lower
+    return torch.where(torch.isfinite(width), upper / width.clamp_min(1e-300),
+                       torch.full_like(width, torch.nan))
+
+
 def _range(coef: Tensor, mid: Tensor, rad: Tensor, size: Tensor, err: Tensor
            ) -> tuple[Tensor, Tensor]:
     """Outward-widened [min, max] of the linear functions ``coef`` (N, n+1, m) on the box;
@@ -143,8 +158,7 @@ def _relu_forward(lo_f: Tensor, up_f: Tensor, l: Tensor, u: Tensor, mid: Tensor,
     dead = u <= 0
     straddle = (lu < 0) & (uu > 0) & ~dead
     s_up = torch.where(dead, torch.zeros_like(u),
-                       torch.where(straddle, uu / (uu - lu).clamp_min(1e-300),
-                                   (lu >= 0).to(u.dtype)))
+                       torch.where(straddle, chord_slope(uu, lu), (lu >= 0).to(u.dtype)))
     new_up = up_f * s_up.unsqueeze(1)
     new_up[:, -1, :] -= torch.where(straddle, s_up * lu, torch.zeros_like(u))
     # Lower: relu(z) >= alpha * L(x) for any alpha in [0, 1]; 1 if mostly active else 0.
@@ -451,7 +465,7 @@ def _backward_lower(layers: Layers, hidden: HiddenBounds, depth: int, lam: Tenso
         if trace is not None:
             trace.append(lam)
         unstable = (l < 0) & (u > 0)
-        s_up = torch.where(unstable, u / (u - l).clamp_min(1e-300), (l >= 0).to(l.dtype))
+        s_up = torch.where(unstable, chord_slope(u, l), (l >= 0).to(l.dtype))
         if alphas is not None:
             alpha = torch.where(unstable.unsqueeze(1), alphas[k],
                                 (l >= 0).to(l.dtype).unsqueeze(1))

@@ -103,8 +103,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     agreed = agreement(result, second) if second is not None else None
     if args.result_file:
         _write_result_file(args.result_file, result, agreed)
-    # a 'holds' is a proof when its engine is sound or a sound cross-check agreed
+    # a 'holds' is a proof when its engine is sound (a certificate's check is), or a
+    # sound cross-check agreed
     sound = result.verdict is not Verdict.HOLDS or engines[0].sound or (
+        result.engine == "certificate") or (
         second is not None and engines[1].sound and agreed is Agreement.AGREE)
     _print_check(args, result, args.cross_check, second, agreed, sound)
     if not sound:
@@ -339,12 +341,12 @@ def _add_repair_parser(sub) -> None:
                           "with the original, slower; ACAS Xu: N=8000 gave +0.05 to 0.2 "
                           "points at 1.5-3x the QP time); default 0")
     rep.add_argument("--max-output-change", type=_positive, metavar="R",
-                     help="with --localize: refuse a localised patch that changes some "
+                     help="with --localize, refuse a localised patch that changes some "
                           "output on the fidelity samples by more than R times the "
-                          "original's largest |output| there, and try the wider sets; a "
-                          "patch used anyway above R is warned about (default 10; inf: "
-                          "never refuse; with --patch milp nothing is refused when the "
-                          "hidden-layer patch alone exceeds R)")
+                          "original's largest |output| there, and try the wider sets; "
+                          "with or without --localize, a patch used above R is warned "
+                          "about (default 10; inf: never refuse; with --patch milp nothing "
+                          "is refused when the hidden-layer patch alone exceeds R)")
     rep.add_argument("--cross-check", metavar="ENGINE", choices=sorted(ENGINES),
                      help="prove every property of the saved file again with ENGINE "
                           "(e.g. marabou); a contradiction blocks the output")

@@ -2,10 +2,14 @@
 
 The original ONNX model is kept untouched (repair writes it back with only the patched
 initializers replaced). Lowering walks the graph once: every operator between two ReLUs is
-affine in the input-dependent tensor, so each segment is summarised exactly by pushing the
-unit basis through its *linear part* (biases dropped) and the zero vector through the full
-operator (biases kept), in float64. Operators are dispatched through ``OPS``; adding one is
-one table entry.
+affine in the input-dependent tensor, so each segment is summarised by pushing the unit
+basis through its *linear part* (biases dropped) and the zero vector through the full
+operator (biases kept), in float64. That equals the file's float32 weights when a segment
+is one MatMul/Gemm/Conv plus a bias; a Div by a constant (1/c), BatchNormalization
+(scale / sqrt(var + eps)) and chained constant operators (MatMul after MatMul, Conv then
+Gemm) are rounded once in float64. The network verified is this lowering, compared with
+onnxruntime at load and on the property's boxes. Operators are dispatched through
+``OPS``; adding one is one table entry.
 
 Convention inside the interpreter: an operator function computes the ONNX operator on
 tensors of their true ONNX shapes. The input-dependent tensor is held with one more,
@@ -20,6 +24,7 @@ values enter the lowering in float64.
 from __future__ import annotations
 
 import gzip
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
+from verirepair.bounds import MAX_SUM_TERMS
 from verirepair.errors import InputFileError, ModelError
 from verirepair.net_types import Affine, AffineReluNet
 
@@ -55,6 +61,9 @@ class Network:
     output_name: str
     net: AffineReluNet
     segments: tuple[Segment, ...]
+    # SHA-256 of the (decompressed) bytes the model was read from ("" if not from a file):
+    # lets a caller check that the file on disk is still the one that was verified
+    digest: str = ""
 
     @property
     def n_inputs(self) -> int:
@@ -264,7 +273,10 @@ def read_model_bytes(path: Path) -> bytes:
 
 
 def _read_model(path: Path) -> onnx.ModelProto:
-    raw = read_model_bytes(path)
+    return _parse_model(read_model_bytes(path), path)
+
+
+def _parse_model(raw: bytes, path: Path) -> onnx.ModelProto:
     try:
         return onnx.load_from_string(raw)
     except Exception as exc:  # protobuf raises its own DecodeError types
@@ -592,7 +604,8 @@ def load_network(path: str | Path, max_lowered_bytes: float = MAX_LOWERED_BYTES,
     including a network too large to lower (see ``MAX_LOWERED_BYTES``)."""
     path = Path(path)
     source = str(path)
-    model = _read_model(path)
+    raw = read_model_bytes(path)
+    model = _parse_model(raw, path)
     graph = model.graph
     consts = _initializers(graph, source)
     inp = _graph_input(graph, consts, source)
@@ -610,6 +623,7 @@ def load_network(path: str | Path, max_lowered_bytes: float = MAX_LOWERED_BYTES,
     if not all(np.all(np.isfinite(l.weight)) and np.all(np.isfinite(l.bias))
                for l in net.layers):
         raise ModelError(f"{source}: lowered network has non-finite weights")
+    _check_widths(net, segments, source)
     try:  # counterexamples are re-checked in onnxruntime: it must accept the model
         session = onnx_session(model)
     except Exception as exc:
@@ -617,9 +631,21 @@ def load_network(path: str | Path, max_lowered_bytes: float = MAX_LOWERED_BYTES,
                          f"{_first_line(exc)}") from None
     network = Network(source=source, model=model, input_name=inp.name,
                       input_shape=input_shape, output_name=graph.output[0].name, net=net,
-                      segments=segments)
+                      segments=segments, digest=hashlib.sha256(raw).hexdigest())
     _check_against_onnxruntime(network, session)
     return network
+
+
+def _check_widths(net: AffineReluNet, segments: tuple[Segment, ...], source: str) -> None:
+    """Refuse a lowered layer wider than the bounds' rounding margin covers."""
+    for index, (layer, segment) in enumerate(zip(net.layers, segments)):
+        if max(layer.weight.shape) > MAX_SUM_TERMS:
+            what = (f"node {segment.node_names[0]!r}" if segment.node_names
+                    else f"affine layer {index}")
+            raise ModelError(f"{source}: {what} lowers to a layer "
+                             f"{layer.weight.shape[1]} -> {layer.weight.shape[0]}; the "
+                             f"rounding margin of the bounds covers sums of at most "
+                             f"{MAX_SUM_TERMS} terms")
 
 
 LOWERING_CHECK_POINTS = 6  # seeded random inputs on which lowering and onnxruntime agree
@@ -661,6 +687,7 @@ def _check_against_onnxruntime(network: Network, session) -> None:
 # spread over the property's boxes), and points per box (its centre and random ones).
 BOX_CHECK_BOXES = 64
 BOX_CHECK_POINTS = 4
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_lowering_on_boxes(network: Network, boxes: list[tuple[np.ndarray, np.ndarray]]
@@ -677,8 +704,10 @@ def check_lowering_on_boxes(network: Network, boxes: list[tuple[np.ndarray, np.n
     groups = []
     for i in picks:
         lo, hi = (np.asarray(v, dtype=np.float64) for v in boxes[i])
-        groups.append(np.vstack([(lo + hi) / 2,
-                                 rng.uniform(lo, hi, (BOX_CHECK_POINTS - 1, lo.size))]))
+        mid, rad = lo / 2 + hi / 2, hi / 2 - lo / 2  # no overflow for bounds near 1.8e308
+        spread = rng.uniform(-1.0, 1.0, (BOX_CHECK_POINTS - 1, lo.size))
+        points = np.clip(np.vstack([mid, mid + rad * spread]), lo, hi)
+        groups.append(np.clip(points, -FLOAT32_MAX, FLOAT32_MAX))  # onnxruntime's inputs
     _compare(network, onnx_session(network.model), groups, "a point of the property's "
              "input box")
 

@@ -173,6 +173,8 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, mode) as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # the data is on disk before the name points to it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -310,3 +310,20 @@ def test_symbolic_bounds_allow_for_cancellation_in_the_forward_coefficients() ->
     hi = torch.tensor([[2.0]], dtype=torch.float64)
     for hb in (symbolic_bounds(layers, lo, hi), bounds.crown_hidden_bounds(layers, lo, hi)):
         assert float(hb.lower[1][0, 0]) <= 1.0 and float(hb.upper[1][0, 0]) >= 2.0
+
+
+def test_a_chord_whose_width_overflows_proves_nothing() -> None:
+    """y = -relu(2x) on x in [-8e307, 8e307]: the hidden bounds are +-1.6e308, u - l
+    overflows, and a chord slope of 0 (what u / (u - l) gives) would bound y above by 0
+    alone, 'proving' y > -1e300 although x = 1e300 gives y = -2e300."""
+    layers = [(torch.tensor([[2.0]], dtype=torch.float64), torch.zeros(1, dtype=torch.float64)),
+              (torch.tensor([[-1.0]], dtype=torch.float64), torch.zeros(1, dtype=torch.float64))]
+    lo = torch.tensor([[-8e307]], dtype=torch.float64)
+    hi = torch.tensor([[8e307]], dtype=torch.float64)
+    c = torch.tensor([[1.0]], dtype=torch.float64)  # y - (-1e300) > 0 is the safe side
+    d = torch.tensor([-1e300], dtype=torch.float64)
+    for hidden in (bounds.crown_hidden_bounds(layers, lo, hi), symbolic_bounds(layers, lo, hi)):
+        lb = spec_lower_bounds(layers, hidden, lo, hi, c, d)
+        assert not bool((lb.lower > 0).any())
+    assert bool(torch.isnan(bounds.chord_slope(torch.tensor([1.6e308]),
+                                               torch.tensor([-1.6e308]))).all())

@@ -1046,9 +1046,13 @@ def test_a_box_that_only_touches_a_strict_face_is_not_handed_on() -> None:
 def test_huge_arrays_are_refused_before_they_are_read(tmp_path, monkeypatch) -> None:
     cert = small_cert(np.random.default_rng(8), 4)
     save_certificates(tmp_path / "c.npz", {"k": cert})
-    monkeypatch.setattr("verirepair.verify.certificate.MAX_ARRAY_BYTES", 100)
+    monkeypatch.setattr("verirepair.verify.certificate.MAX_ARRAY_BYTES", 180)
     with pytest.raises(InputFileError, match="lower array would take"):
         load_certificate(tmp_path / "c.npz", "k")
+    # the keys too, read before any certificate is chosen
+    save_certificates(tmp_path / "k.npz", {"k" * 100: cert})
+    with pytest.raises(InputFileError, match="keys array would take"):
+        load_certificate(tmp_path / "k.npz", "k")
 
 
 def test_the_coverage_check_stops_at_its_deadline() -> None:

@@ -28,7 +28,7 @@ from verirepair.bounds import (SplitParams, Splits, crown_hidden_bounds,
                                optimized_split_lower_bounds, spec_lower_bounds)
 from verirepair.net_types import Affine, AffineReluNet
 from verirepair.network import torch_layers
-from verirepair.spec_types import Box, Halfspaces, SpecCase
+from verirepair.spec_types import Box, Halfspaces, Spec, SpecCase
 from verirepair.verify import leaf_lp, relu_bab
 from verirepair.verify.bab import BabOptions, Deadline, Queue, split_kind
 from verirepair.verify.engine import VerifyOptions, verify
@@ -272,3 +272,22 @@ def test_relu_splitting_agrees_with_an_exact_milp_on_wide_inputs(tmp_path) -> No
         split_runs += ours.stats.boxes > 1
     assert decided >= 0.95 * len(MEDIUM_SEEDS)
     assert split_runs >= 5, f"only {split_runs} runs needed any splitting"
+
+
+@pytest.mark.parametrize("split", ["input", "relu"])
+@pytest.mark.parametrize("bound", [8e307, 1e308])
+def test_no_holds_on_a_box_near_the_float64_range(tmp_path: Path, split: str,
+                                                  bound: float) -> None:
+    """y = -relu(2x), x in [-b, b], unsafe y <= -1e300 (x = 1e300 is a real
+    counterexample). With b = 8e307 the hidden bounds' width overflows (a chord slope of 0
+    made this a wrong 'holds'); with b = 1e308 the box's own width overflows (the
+    comparison with onnxruntime on its points crashed)."""
+    net = AffineReluNet((Affine(np.array([[2.0]]), np.zeros(1)),
+                         Affine(np.array([[-1.0]]), np.zeros(1))))
+    network = export_and_load(net, tmp_path / "net.onnx")
+    case = SpecCase(box=Box(np.array([-bound]), np.array([bound])),
+                    unsafe=(Halfspaces(matrix=np.array([[1.0]]), rhs=np.array([-1e300])),))
+    spec = Spec(n_inputs=1, n_outputs=1, cases=(case,), source="<huge box>")
+    result = verify(network, spec, VerifyOptions(timeout=10.0,
+                                                 bab=BabOptions(split=split)))
+    assert result.verdict is not Verdict.HOLDS

@@ -776,3 +776,20 @@ def test_a_malformed_constant_is_one_line(tmp_path: Path) -> None:
     onnx.save(model, str(path))
     with pytest.raises(ModelError, match=r"node 'const' \(Constant\): malformed constant"):
         load_network(path)
+
+
+def test_a_layer_wider_than_the_rounding_margin_covers_is_refused() -> None:
+    """The bounds' margin covers float64 sums of at most MAX_SUM_TERMS terms. Under the
+    default memory limits no lowering gets that wide (the basis pushed through a segment
+    is n x n); the check stands for loads with larger limits."""
+    from verirepair.bounds import MAX_SUM_TERMS
+    from verirepair.net_types import Affine, AffineReluNet
+    from verirepair.network import Segment, _check_widths
+
+    wide = MAX_SUM_TERMS + 1
+    net = AffineReluNet((Affine(np.ones((2, wide)), np.zeros(2)),))
+    _check_widths(AffineReluNet((Affine(np.ones((2, wide - 1)), np.zeros(2)),)),
+                  (Segment(("sum",), ("W",)),), "m.onnx")
+    with pytest.raises(ModelError, match=f"node 'sum' lowers to a layer {wide} -> 2; "
+                                         f"the rounding margin .* {MAX_SUM_TERMS} terms"):
+        _check_widths(net, (Segment(("sum",), ("W",)),), "m.onnx")

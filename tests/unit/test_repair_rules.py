@@ -260,13 +260,14 @@ def test_a_cross_check_blocks_on_any_counterexample_real_or_exact(monkeypatch, a
 
 
 def _run_sets(monkeypatch, patches: list, ratio: float = 10.0, bias=(0.0, 1.0),
-              last_label: str | None = None):
+              last_label: str | None = None, only_last: bool = False):
     """loop._patch_sets over two localised sets then all parameters (labelled
     ``last_label`` when given), with ``_solve`` faked to return ``patches`` in turn (each
     call splits: appends its own marker to the parts and sets ``leaf_boxes``); the stage
     network's last layer is (0, ``bias``) and the original outputs [0, 1] on samples whose
     last hidden layer is [1, 1, 1] (scale 1). Returns (result, report, parts seen by each
-    set, (give_up_on_stall, budget) of each call, prob, sets)."""
+    set, (give_up_on_stall, budget) of each call, prob, sets). ``only_last``: the
+    all-parameters set alone (no localiser)."""
     import time
 
     from verirepair.repair import loop
@@ -287,6 +288,8 @@ def _run_sets(monkeypatch, patches: list, ratio: float = 10.0, bias=(0.0, 1.0),
             all_parameters(2, 3)]
     if last_label:
         sets[-1] = FreeSet(sets[-1].mask, sets[-1].neurons, last_label)
+    if only_last:
+        sets = sets[-1:]
     guard = loop._OutputGuard(h=np.ones((4, 3)), y=np.tile([0.0, 1.0], (4, 1)), scale=1.0)
     stage = AffineReluNet((Affine(np.eye(3), np.zeros(3)),
                            Affine(np.zeros((2, 3)), np.asarray(bias))))
@@ -367,6 +370,32 @@ def test_the_last_set_is_the_last_in_the_list_whatever_its_label(monkeypatch) ->
     assert out is not None and report.free_set == "everything"
 
 
+def test_a_refused_patch_keeps_time_for_its_proof(monkeypatch) -> None:
+    """Once a refused patch is in hand, the wider sets leave a share of the time left for
+    its proof (the last set used to run to the deadline, the fallback proven in 5 s)."""
+    from verirepair.repair.loop import FALLBACK_PROOF_SHARE
+
+    out, _, _, calls, _, _ = _run_sets(monkeypatch, [_patch(50.0), None, None])
+    assert out is not None and out[1][0] == 50.0
+    kept = 1.0 - FALLBACK_PROOF_SHARE
+    assert calls[1][1] == pytest.approx(100.0 / 2 * kept, rel=0.01)
+    assert calls[2][1] == pytest.approx(100.0 * kept, rel=0.01)
+
+
+def test_a_patch_whose_change_is_nan_counts_as_too_large(monkeypatch) -> None:
+    out, report, _, _, _, _ = _run_sets(monkeypatch, [_patch(np.nan), _patch(3.0)])
+    assert out is not None and out[1][0] == 3.0 and report.free_set == "top 2 neurons"
+    assert "infx the output scale" in report.notes[0] and "refused" in report.notes[0]
+
+
+def test_no_refusal_note_without_a_localised_set(monkeypatch) -> None:
+    """With --patch milp and no localiser there is nothing to refuse: no such note."""
+    out, report, _, _, _, _ = _run_sets(monkeypatch, [_patch(50.0)], bias=(30.0, 1.0),
+                                        only_last=True)
+    assert out is not None and report.free_set.startswith("all")
+    assert not any("no patch refused" in note for note in report.notes)
+
+
 def test_the_output_guard_measures_what_the_report_says() -> None:
     """The stage's last hidden layer, the original's outputs, the report's samples: the
     guard's ratio is the reported max output change over the reported output scale."""
@@ -405,3 +434,24 @@ def test_the_cli_ratio_option_states_the_default_and_refuses_non_positive() -> N
     repair = parser._subparsers._group_actions[0].choices["repair"]
     text = " ".join(repair.format_help().split())
     assert f"(default {RepairOptions().max_output_change_ratio:g};" in text
+
+
+def test_nothing_to_repair_never_publishes_a_file_that_changed_since_it_was_verified(
+        tmp_path) -> None:
+    import shutil
+    from pathlib import Path
+
+    from verirepair.errors import InputFileError
+    from verirepair.network import load_network
+    from verirepair.repair import loop
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(Path(__file__).resolve().parents[2] / "models" / "demo_advisory.onnx", model)
+    network = load_network(model)
+    report = loop.RepairReport(model=str(model), output=None)
+    loop._publish_unchanged(network, tmp_path / "same.onnx", None, report)
+    assert (tmp_path / "same.onnx").read_bytes() == model.read_bytes()
+    model.write_bytes(model.read_bytes() + b"\x00")  # replaced while repair ran
+    with pytest.raises(InputFileError, match="changed while repair was running"):
+        loop._publish_unchanged(network, tmp_path / "out.onnx", None, report)
+    assert not (tmp_path / "out.onnx").exists()

@@ -8,7 +8,9 @@ property with the complete verifier -> rename to ``out_path`` only if all hold.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -88,7 +90,9 @@ class RepairOptions:
     # A localised parameter set's patch is refused (the next, wider set is tried) when it
     # changes some output on the fidelity samples by more than this many times the
     # original network's output scale (max |y| on the same samples; both as reported).
-    # Kept when no wider set solves, and on the last set (all parameters), with a note.
+    # If no wider set gives an accepted patch, the least-changing refused one is used;
+    # the last set's (all parameters) is used unless a refused one changed outputs less;
+    # a patch used above the ratio gets a note and a warning.
     # Why: ACAS Xu ablation at 4801523 (24 pairs, benchmarks/reports/ablation_grid.md;
     # measured without this rule): the largest ratio of none:qp was 3.6, of PSO / CMA-ES
     # 1.8, of none:milp 14.8 (all parameters: never refused), but 5-7 of the 24 localised
@@ -514,7 +518,7 @@ def repair(network_path: str | Path, target_spec_paths: list[str | Path],
     log.info("before: %s", ", ".join(f"{p}: {v.value}" for p, (v, _, _) in zip(paths, before)))
     if all(v is Verdict.HOLDS for v, _, _ in before):
         report.status = "nothing to repair: every property already holds"
-        _publish_unchanged(Path(network_path), out_path, certificate_path, report)
+        _publish_unchanged(network, out_path, certificate_path, report)
         report.seconds = time.monotonic() - start
         return report
     _run(network, specs, out_path, budget_s, options, report, start, certificate_path)
@@ -522,13 +526,18 @@ def repair(network_path: str | Path, target_spec_paths: list[str | Path],
     return report
 
 
-def _publish_unchanged(model_path: Path, out_path, certificate_path: str | Path | None,
+def _publish_unchanged(network: Network, out_path, certificate_path: str | Path | None,
                        report: RepairReport) -> None:
     """Nothing to repair: ``out_path`` gets the original file's bytes, so that a pipeline
     reading it after exit 0 never finds the file of an earlier run; the certificate file,
     when asked for, holds no certificate (``check --certificate`` then verifies from
-    scratch, as it must: no partition was built)."""
+    scratch, as it must: no partition was built). Raises InputFileError, writing nothing,
+    when the file is no longer the one that was loaded and verified."""
+    model_path = Path(network.source)
     data = read_model_bytes(model_path)  # a .onnx.gz input: -o is written uncompressed
+    if network.digest and hashlib.sha256(data).hexdigest() != network.digest:
+        raise InputFileError(f"{model_path}: the file changed while repair was running "
+                             f"(it is not the model that was verified); nothing written")
     if certificate_path is not None:
         _save_certificates(certificate_path, {})
     try:
@@ -594,17 +603,17 @@ class _OutputGuard:
 
     def ratio(self, weight: np.ndarray, bias: np.ndarray) -> float:
         """Largest |output with last layer (weight, bias) - original output| over the
-        samples, divided by the output scale."""
+        samples, divided by the output scale (inf for a NaN: it counts as too large)."""
         change = np.abs(self.h @ weight.T + bias - self.y)
-        return float(change.max() / self.scale) if change.size else 0.0
+        ratio = float(change.max() / self.scale) if change.size else 0.0
+        return math.inf if math.isnan(ratio) else ratio
 
 
 def _output_guard(original: AffineReluNet, stage: AffineReluNet, domain,
                   options: RepairOptions) -> _OutputGuard:
     x = _fidelity_samples(domain, options)
-    h, y = hidden_and_output(original, x)
-    if stage is not original:
-        h, _ = hidden_and_output(stage, x)
+    y = original.forward(x)  # one N x H array at a time, not the original's too
+    h, _ = hidden_and_output(stage, x)
     return _OutputGuard(h, y, float(max(np.abs(y).max(initial=0.0), 1e-12)))
 
 
@@ -622,7 +631,7 @@ def _patch_sets(prob: _Problem, sets: list[FreeSet], guard: _OutputGuard,
     limit = options.max_output_change_ratio
     before = guard.ratio(last.weight, last.bias)  # the hidden-layer patch alone
     refuse = before <= limit
-    if not refuse:
+    if not refuse and len(sets) > 1:
         report.notes.append(f"the hidden-layer patch alone changes an output by "
                             f"{before:.3g}x the output scale: no patch refused for size")
     fallback = None  # (ratio, (W, b), parts, set, report fields) of the least-changing
@@ -635,6 +644,8 @@ def _patch_sets(prob: _Problem, sets: list[FreeSet], guard: _OutputGuard,
         set_start, set_budget = time.monotonic(), _deadline_left(start, budget_s)
         if not last_try:
             set_budget /= len(sets) - index
+        if fallback is not None:  # a usable patch is in hand: keep time to prove it
+            set_budget *= 1.0 - FALLBACK_PROOF_SHARE
         parts_before = list(prob.parts)
         solved = _solve(prob, options, report, set_start, set_budget, options.split_rounds,
                         give_up_on_stall=not last_try)
@@ -665,6 +676,11 @@ def _patch_sets(prob: _Problem, sets: list[FreeSet], guard: _OutputGuard,
                         f"one ({free.label}) is taken")
     return _taken(report, free, solved, ratio, limit)
 
+
+# Once a localised patch has been refused (it is used if no wider set gives an accepted
+# one), the wider sets leave this share of the time left for its proof: without it the
+# last set could run to the deadline and leave the fallback the 5 s minimum.
+FALLBACK_PROOF_SHARE = 0.25
 
 QP_FIELDS = ("box_rows", "sample_rows", "leaf_boxes", "eps", "fix_margin")  # see _record
 
@@ -733,7 +749,8 @@ def _escalate(network: Network, specs: list[Spec], domain, options: RepairOption
     report.hidden_patch["objective"] = round(float(patch.objective), 6)
     # the model too: a Network's lowering and its file must never disagree (a check on
     # it confirms counterexamples in onnxruntime on ``model``)
-    return replace(network, net=stage, model=patched_layers(network, {index: (w, b)})), \
+    return replace(network, net=stage, model=patched_layers(network, {index: (w, b)}),
+                   digest=""), \
         {index: (w, b)}
 
 
@@ -759,7 +776,11 @@ def _prove_and_publish(network: Network, specs: list[Spec], tmp: Path, out_path,
     if certificate_path is not None:
         _save_certificates(certificate_path, {spec_key(p.path): c for p, c in
                                               zip(report.properties, certs)})
-    os.replace(tmp, out_path)
+    try:
+        os.replace(tmp, out_path)
+    except OSError as exc:
+        raise InputFileError(f"{out_path}: cannot write the model: "
+                             f"{exc.strerror or exc}") from None
     report.output = str(out_path)
     report.status = "proven"
 

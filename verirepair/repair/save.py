@@ -135,6 +135,8 @@ def save_temp(model: onnx.ModelProto, out_path: str | Path) -> Path:
         os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(model.SerializeToString())
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the caller renames it
     except BaseException:
         os.unlink(tmp)
         raise

@@ -401,13 +401,17 @@ def save_certificates(path: str | Path, certs: dict[str, Certificate]) -> None:
 MAX_ARRAY_BYTES = 2e9  # one array of a certificate, uncompressed
 
 
-def _check_sizes(data, i: int, path: str | Path) -> None:
+def _check_sizes(data, names: list[str], path: str | Path) -> None:
     """Refuse, before anything is decompressed, a certificate whose arrays would be huge
     (a small compressed file can hold gigabytes of equal boxes)."""
-    for name in ("lower", "upper", "case", "ref_weight", "ref_bias"):
-        size = data.zip.getinfo(f"{name}_{i}.npy").file_size
+    for name in names:
+        try:
+            size = data.zip.getinfo(f"{name}.npy").file_size
+        except KeyError:  # absent: reading it fails as "not a verirepair certificate"
+            continue
         if size > MAX_ARRAY_BYTES:
-            raise InputFileError(f"{path}: the certificate's {name} array would take "
+            label = name.rsplit("_", 1)[0] if name[-1].isdigit() else name
+            raise InputFileError(f"{path}: the certificate's {label} array would take "
                                  f"{size:,} bytes, more than the {MAX_ARRAY_BYTES:,.0f} "
                                  "accepted")
 
@@ -417,11 +421,14 @@ def load_certificate(path: str | Path, key: str) -> Certificate | None:
     Raises InputFileError for a missing or unreadable file."""
     try:
         with np.load(path, allow_pickle=False) as data:
+            _check_sizes(data, ["keys"], path)
             keys = [str(k) for k in data["keys"]]
             if key not in keys:
                 return None
             i = keys.index(key)
-            _check_sizes(data, i, path)
+            _check_sizes(data, [f"{name}_{i}" for name in
+                                ("lower", "upper", "case", "ref_weight", "ref_bias",
+                                 "digest")], path)
             return Certificate(lower=data[f"lower_{i}"].astype(np.float64),
                                upper=data[f"upper_{i}"].astype(np.float64),
                                case=data[f"case_{i}"].astype(np.int64),

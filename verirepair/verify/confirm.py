@@ -20,13 +20,14 @@ def float32_inside(x: np.ndarray, lower: np.ndarray, upper: np.ndarray,
     """float32 values near ``x`` inside [lower, upper] (float64 comparison; strictly
     inside where a bound is strict), or None."""
     box = Box(lower, upper, strict_lower, strict_upper)
-    x32 = np.clip(np.asarray(x, dtype=np.float64), lower, upper).astype(np.float32)
-    for _ in range(4):
-        low, high = box.outside(x32)
-        if not (low.any() or high.any()):
-            return x32
-        x32 = np.where(low, np.nextafter(x32, np.float32(np.inf)), x32)
-        x32 = np.where(high, np.nextafter(x32, np.float32(-np.inf)), x32)
+    with np.errstate(over="ignore"):  # beyond float32: +-inf, outside the box, stepped in
+        x32 = np.clip(np.asarray(x, dtype=np.float64), lower, upper).astype(np.float32)
+        for _ in range(4):
+            low, high = box.outside(x32)
+            if not (low.any() or high.any()):
+                return x32
+            x32 = np.where(low, np.nextafter(x32, np.float32(np.inf)), x32)
+            x32 = np.where(high, np.nextafter(x32, np.float32(-np.inf)), x32)
     return None
 
 
