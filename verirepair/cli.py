@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from dataclasses import replace
@@ -92,6 +93,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         info.fits(network)
     if args.result_file:
         _check_writable(Path(args.result_file))
+        _refuse_overwrite([("the model", args.model), ("the property", args.property),
+                           ("the certificate", args.certificate)],
+                          [("--result-file", args.result_file)])
     progress = _progress_printer(args.quiet)
     options = VerifyOptions(timeout=args.timeout, engine=args.engine,
                             bab=BabOptions(split=args.split))
@@ -181,12 +185,36 @@ def _print_check(args: argparse.Namespace, result: Result, cross_engine: str | N
         print(cross_check_text(cross_engine, result, second, agreed))
 
 
+# Outputs go through a temporary file named ".<name>.<8 random>.onnx" beside them.
+TEMP_NAME_EXTRA = len("..XXXXXXXX.onnx")
+
+
 def _check_writable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputFileError(f"{path}: folder '{parent}' does not exist")
     if path.is_dir():
         raise InputFileError(f"{path}: is a folder, expected a result file name")
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if len(path.name.encode()) + TEMP_NAME_EXTRA > name_max:
+        raise InputFileError(f"{path}: file name too long (at most "
+                             f"{name_max - TEMP_NAME_EXTRA} bytes here)")
+
+
+def _refuse_overwrite(inputs: list[tuple[str, str | Path | None]],
+                      outputs: list[tuple[str, str | Path | None]]) -> None:
+    """No output may be an input file or another output (checked before any work)."""
+    seen: dict[Path, str] = {Path(path).resolve(): name for name, path in inputs if path}
+    for flag, path in outputs:
+        if not path:
+            continue
+        where = Path(path).resolve()
+        if where in seen:
+            raise InputFileError(f"{path}: {flag} would overwrite {seen[where]}")
+        seen[where] = flag
 
 
 def _seconds(text: str) -> float:
@@ -232,6 +260,9 @@ def _check_domain(args: argparse.Namespace) -> None:
     if len(lo) != len(hi) or any(not a <= b for a, b in zip(lo, hi)):
         raise InputFileError("--domain-lower/--domain-upper: need the same count of "
                              "numbers with lower <= upper")
+    if not all(math.isfinite(v) for v in list(lo) + list(hi)):
+        raise InputFileError("--domain-lower/--domain-upper: the fidelity domain must be "
+                             "finite (samples are drawn uniformly from it)")
 
 
 def _cmd_repair(args: argparse.Namespace) -> int:
@@ -275,23 +306,8 @@ def _check_distinct_outputs(args: argparse.Namespace) -> None:
     inputs = [("the input model", args.model)]
     inputs += [("the property", p) for p in args.property]
     inputs += [("a preserved property", p) for p in args.preserve or []]
-    outputs = [("-o", args.output), ("--report", args.report),
-               ("--certificate", args.certificate)]
-    seen: dict[Path, str] = {Path(path).resolve(): name for name, path in inputs}
-    for flag, path in outputs:
-        if not path:
-            continue
-        where = Path(path).resolve()
-        if where in seen:
-            raise InputFileError(f"{path}: {flag} would overwrite {seen[where]}")
-        seen[where] = flag
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be >= 0")
-    return value
+    _refuse_overwrite(inputs, [("-o", args.output), ("--report", args.report),
+                               ("--certificate", args.certificate)])
 
 
 def _localizer_names() -> list[str]:
@@ -335,7 +351,8 @@ def _add_repair_parser(sub) -> None:
                           "points (MILP, HiGHS or Gurobi; --localize picks them, default "
                           "gradient), then the qp; pso (CARE) or cmaes (SHARPEN): "
                           "derivative-free search; every patch must pass the same proof")
-    rep.add_argument("--fidelity-samples", type=_non_negative_int, default=0, metavar="N",
+    rep.add_argument("--fidelity-samples", type=_count(0, MAX_FIDELITY_SAMPLES), default=0,
+                     metavar="N",
                      help="also keep the decision on the N samples with the smallest "
                           "decision gap among 25N uniform domain samples (better agreement "
                           "with the original, slower; ACAS Xu: N=8000 gave +0.05 to 0.2 "
@@ -374,8 +391,8 @@ def _layer_choice(text: str) -> int | str:
     return value
 
 
-def _count(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``minimum``."""
+def _count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (and at most ``maximum``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -383,8 +400,15 @@ def _count(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got '{text}'")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:,}, got '{text}'")
         return value
     return parse
+
+
+# Sample counts beyond these would take tens of GB (refused up front, not by the system):
+MAX_SAMPLES = 1_000_000  # localize --samples, per input box
+MAX_FIDELITY_SAMPLES = 200_000  # repair --fidelity-samples (25x as many are drawn)
 
 
 def _cmd_localize(args: argparse.Namespace) -> int:
@@ -399,6 +423,8 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     check_compatible(network, spec)
     if args.json:
         _check_writable(Path(args.json))
+        _refuse_overwrite([("the model", args.model), ("the property", args.property)],
+                          [("--json", args.json)])
     try:
         layers = hidden_layers(network.net, args.layer)
     except ValueError as exc:
@@ -477,8 +503,9 @@ def _add_localize_parser(sub) -> None:
                      help="hidden layer index (0-based), 'last' (default) or 'all'")
     loc.add_argument("--top", type=_count(1), default=10, help="rows to print (default 10)")
     loc.add_argument("--json", help="write the whole ranking as JSON here")
-    loc.add_argument("--samples", type=_count(1), default=10000,
-                     help="uniform samples per input box (default 10000)")
+    loc.add_argument("--samples", type=_count(1, MAX_SAMPLES), default=10000,
+                     help=f"uniform samples per input box (default 10000, at most "
+                          f"{MAX_SAMPLES:,})")
     loc.add_argument("--values", type=_count(2), default=16,
                      help="intervention values per neuron for 'causal' (default 16)")
     loc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -500,6 +527,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     for given in (args.instances, args.expected):
         if given and out.exists() and out.resolve() == Path(given).resolve():
             raise InputFileError(f"{out}: refusing to overwrite an input CSV")
+    _refuse_overwrite([(f"instance {t.index + 1}'s {kind}", path) for t in tasks
+                       for kind, path in (("model", t.onnx_path),
+                                          ("property", t.vnnlib_path))], [("-o", out)])
     results_dir = Path(args.results_dir) if args.results_dir else None
     names = batch.result_file_names(tasks)
     if expected is not None and not any(batch.expected_answer(expected, t) for t in tasks):
@@ -737,6 +767,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except VerirepairError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a path the system refuses (name too long, ...): one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

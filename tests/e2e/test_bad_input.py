@@ -329,3 +329,71 @@ def test_repair_of_a_property_unsafe_for_every_output(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     error_line(proc, prop, "every output is unsafe")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- in-process cases
+
+def main_in_process(capsys, *args: str | Path) -> tuple[int, str]:
+    """``verirepair ARGS`` in this process (cheaper than a subprocess for checks that stop
+    before any work): (exit code, stderr), stderr being one line."""
+    from verirepair import cli
+
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as stop:  # argparse: usage and one error line
+        code = stop.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, err
+
+
+def demo_copies(tmp_path: Path) -> tuple[Path, Path]:
+    model, prop = tmp_path / "m.onnx", tmp_path / "p.vnnlib"
+    model.write_bytes(MODEL.read_bytes())
+    prop.write_bytes(PROP.read_bytes())
+    return model, prop
+
+
+def test_no_output_may_overwrite_an_input(tmp_path: Path, capsys) -> None:
+    model, prop = demo_copies(tmp_path)
+    before = (sha(model), sha(prop))
+    csv_file = tmp_path / "instances.csv"
+    csv_file.write_text(f"{model},{prop},10\n")
+    for args, flag in [(("check", model, prop, "--result-file", prop), "--result-file"),
+                       (("localize", model, prop, "--json", model), "--json"),
+                       (("batch", csv_file, "-o", model, "--quiet"), "-o")]:
+        code, err = main_in_process(capsys, *args)
+        assert code == EXIT_BAD_INPUT and err.count("\n") == 1, err
+        assert f"{flag} would overwrite" in err
+    assert (sha(model), sha(prop)) == before
+
+
+def test_names_too_long_are_one_line(tmp_path: Path, capsys) -> None:
+    model, prop = demo_copies(tmp_path)
+    long_name = "a" * 300
+    cases = [("check", tmp_path / f"{long_name}.onnx", prop),
+             ("check", model, prop, "--result-file", tmp_path / long_name),
+             ("localize", model, prop, "--json", tmp_path / long_name),
+             # a name the system takes, but not with the temporary file's extra characters
+             ("repair", model, prop, "-o", tmp_path / f"{'b' * 250}.onnx")]
+    for args in cases:
+        code, err = main_in_process(capsys, *args)
+        assert code == EXIT_BAD_INPUT and err.count("\n") == 1, (args, err)
+        assert "too long" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "p.vnnlib"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["localize", "{model}", "{prop}", "--samples", "1000000000"], "--samples"),
+    (["repair", "{model}", "{prop}", "-o", "{tmp}/r.onnx", "--fidelity-samples",
+      "1000000000"], "--fidelity-samples"),
+    (["repair", "{model}", "{prop}", "-o", "{tmp}/r.onnx", "--domain-lower", "-1", "-1",
+      "-1", "-1", "-1", "--domain-upper", "inf", "1", "1", "1", "1"], "must be finite"),
+], ids=["localize-samples", "fidelity-samples", "infinite-domain"])
+def test_sizes_and_domains_that_cannot_work_are_refused_up_front(tmp_path: Path, capsys,
+                                                                  args, words) -> None:
+    model, prop = demo_copies(tmp_path)
+    filled = [a.format(model=model, prop=prop, tmp=tmp_path) for a in args]
+    code, err = main_in_process(capsys, *filled)
+    assert code == EXIT_BAD_INPUT and words in err.splitlines()[-1], err
+    assert not (tmp_path / "r.onnx").exists()

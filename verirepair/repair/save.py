@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from verirepair.errors import ModelError
+from verirepair.errors import InputFileError, ModelError
 from verirepair.network import Network
 from verirepair.report import default_file_mode
 
@@ -127,16 +127,25 @@ def patched_model(network: Network, weight: np.ndarray, bias: np.ndarray) -> onn
 
 
 def save_temp(model: onnx.ModelProto, out_path: str | Path) -> Path:
-    """Serialise into a temporary file beside ``out_path`` (renamed later by the caller)."""
+    """Serialise into a temporary file beside ``out_path`` (renamed later by the caller).
+    Raises InputFileError (one line) when the file cannot be written."""
     out_path = Path(out_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".onnx",
-                               dir=out_path.parent if str(out_path.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".onnx",
+                                   dir=out_path.parent if str(out_path.parent) else ".")
+    except OSError as exc:
+        raise InputFileError(f"{out_path}: cannot write the model: "
+                             f"{exc.strerror or exc}") from None
     try:
         os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(model.SerializeToString())
             handle.flush()
             os.fsync(handle.fileno())  # on disk before the caller renames it
+    except OSError as exc:
+        os.unlink(tmp)
+        raise InputFileError(f"{out_path}: cannot write the model: "
+                             f"{exc.strerror or exc}") from None
     except BaseException:
         os.unlink(tmp)
         raise

@@ -255,7 +255,7 @@ class _Cma:
     def __init__(self, n: int, sigma: float, options: SearchOptions) -> None:
         try:
             from cmaes import CMA
-        except ImportError as err:  # optional dependency
+        except ImportError as err:  # a pinned dependency, missing from this install
             raise ImportError("--patch cmaes needs the 'cmaes' package: "
                               "pip install 'cmaes>=0.13'") from err
         self.n = n
