@@ -15,9 +15,11 @@ run compares all combinations on the same pairs. ``--resume`` keeps the rows alr
 ``OUT/ablation.csv`` and runs only the missing (combination, pair) jobs: a long grid can be
 run in several stretches (on the same commit; the report names it); ``--rerun FILE``
 drops the rows listed in FILE first (jobs that ran while something else loaded the
-machine). ``--report-only`` rewrites ``ablation.md`` from the CSV without running
-anything. The tables use only the pairs every combination has run, and compare each
-combination with ``none:qp`` pair by pair.
+machine; a malformed line is refused); rows that ended in an error run again too. Without
+``--resume`` an existing CSV is refused, never overwritten. Each new row records its
+budget and commit (the report warns when they are mixed). ``--report-only`` rewrites
+``ablation.md`` from the CSV without running anything. The tables use only the pairs every
+combination has run, and compare each combination with ``none:qp`` pair by pair.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -45,9 +48,11 @@ PATCHERS = ("qp", "milp", "pso", "cmaes")
 
 def combinations(args: argparse.Namespace) -> list[tuple[str, str]]:
     if args.combos:
-        return [tuple(c.split(":", 1)) for c in args.combos.split(",")]  # type: ignore[misc]
-    return [(loc, pat) for loc in args.localizers.split(",")
-            for pat in args.patchers.split(",")]
+        combos = [tuple(c.split(":", 1)) for c in args.combos.split(",")]
+    else:
+        combos = [(loc, pat) for loc in args.localizers.split(",")
+                  for pat in args.patchers.split(",")]
+    return list(dict.fromkeys(combos))  # type: ignore[arg-type]  # a repeat runs once
 
 
 def job_order(combos: list[tuple[str, str]], pairs: list[tuple[int, int, int]],
@@ -62,11 +67,29 @@ def row_key(row: dict) -> tuple[str, str, str, str]:
     return row["localize"], row["patch"], row["network"], row["property"]
 
 
+def is_error(row: dict) -> bool:
+    """A job that raised (its row is counted, and run again by ``--resume``)."""
+    return str(row.get("status", "")).startswith("error")
+
+
 def drop_rows(rows: list[dict], path: Path) -> list[dict]:
     """``rows`` without those whose key (localize, patch, network, property; one per line,
     tab-separated) is listed in ``path``: rows measured while something else loaded the
     machine, to be run again by ``--resume``."""
-    keys = {tuple(line.split("\t")) for line in path.read_text().splitlines() if line.strip()}
+    keys = set()
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        key = tuple(line.split("\t"))
+        if len(key) != 4 or not re.fullmatch(r"N\d+,\d+", key[2]) \
+                or not re.fullmatch(r"phi\d+", key[3]):
+            raise SystemExit(f"{path}:{number}: expected 'localize<TAB>patch<TAB>Na,b<TAB>"
+                             f"phiP', got {line!r}")
+        keys.add(key)
+    unmatched = keys - {row_key(r) for r in rows}
+    if unmatched:  # e.g. a job killed before its row was written: it runs anyway
+        logging.getLogger(__name__).warning("%s: %d listed rows are not in the CSV: %s",
+                                            path, len(unmatched), sorted(unmatched)[:5])
     return [r for r in rows if row_key(r) not in keys]
 
 
@@ -78,7 +101,7 @@ COLUMN_TYPES = {"proven_by_check": lambda t: t == "True", "seconds": float,
                 "changed_parameters": _optional(int), "l2_change": _optional(float),
                 "linf_change": _optional(float), "agreement": _optional(float),
                 "max_output_change": _optional(float), "recheck_s": _optional(float),
-                "output_scale": _optional(float)}
+                "output_scale": _optional(float), "budget": _optional(float)}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -86,8 +109,20 @@ def read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
-        return [{k: COLUMN_TYPES.get(k, str)(v) for k, v in row.items()}
+        rows = [{k: COLUMN_TYPES.get(k, str)(v) for k, v in row.items()}
                 for row in csv.DictReader(handle)]
+    check_unique(rows, str(path))
+    return rows
+
+
+def check_unique(rows: list[dict], where: str) -> None:
+    """One row per (localize, patch, network, property): a repeat would be counted twice
+    by the summary and once by the paired table."""
+    seen: set = set()
+    for r in rows:
+        if row_key(r) in seen:
+            raise SystemExit(f"{where}: two rows for {' '.join(row_key(r))}")
+        seen.add(row_key(r))
 
 
 def _commit() -> str:
@@ -137,11 +172,13 @@ def combo_summary(rows: list[dict], scales: dict[str, float] | None = None) -> d
     (with ``scales``, also the median and largest output change / output scale)."""
     proven = [r for r in rows if r["proven_by_check"]]
     agree = [r["agreement"] for r in proven if r["agreement"] is not None]
-    local = [r for r in proven if r.get("free_set", "").startswith("top")]
+    local = [r for r in proven if (r.get("free_set") or "").startswith("top")]
     ratios = output_ratios(rows, scales or {})
     return {
         "median_out_ratio": _median(ratios), "max_out_ratio": max(ratios, default=None),
         "proven": len(proven), "pairs": len(rows), "localized": len(local),
+        "median_k": _median([int(r["free_set"].split()[1]) for r in local]),
+        "errors": sum(is_error(r) for r in rows),
         "median_s": _median([r["seconds"] for r in rows]),
         "median_agreement": _median(agree), "min_agreement": min(agree) if agree else None,
         "median_changed": _median([r["changed_parameters"] for r in proven]),
@@ -210,21 +247,28 @@ def _paired_table(rows: list[dict], combos: list[tuple[str, str]],
 def markdown(rows: list[dict], combos: list[tuple[str, str]], command: str,
              commit: str = "", baseline: tuple[str, str] = ("none", "qp"),
              scales: dict[str, float] | None = None) -> str:
+    check_unique(rows, "the rows")
     pairs = sorted({pair_of(r) for r in rows})
-    complete = complete_pairs(rows, combos)
-    if complete and len(complete) < len(pairs):  # a partial grid: compare like with like
+    ran = {(r["localize"], r["patch"]) for r in rows}
+    complete = complete_pairs(rows, [c for c in combos if c in ran])  # rowless: left out
+    if len(complete) < len(pairs):  # a partial grid: compare like with like (none: empty)
         rows = [r for r in rows if pair_of(r) in complete]
     lines = ["# Ablation: localizer x patcher on the unsafe ACAS Xu pairs", "",
              f"- command: `{command}`" + (f" at commit {commit}" if commit else ""),
+             *filter(None, [settings_note(rows)]),
              f"- pairs with at least one row: {len(pairs)}; with every combination "
              f"(the tables use only these): {len(complete)}",
              "- proven = every property (target and preserved) proven on the re-loaded "
              "saved file (by repair itself; with re-check also by `verirepair check` in a "
              "fresh process); medians of agreement / change over proven pairs, of time "
              "over all pairs", "",
-             "- localized = proven with only the outgoing weights of the localizer's top "
-             "neurons (not every last-layer parameter)", "",
-             "| localize | patch | proven | localized | median s | median agreement "
+             "- localized (median k) = proven with the outgoing weights of only the "
+             "localizer's top k last-hidden neurons (k starts at 10 % of them and doubles "
+             "until a set is proven; otherwise every last-layer parameter is free); milp "
+             "rows also change the incoming weights of up to 8 last-hidden neurons", "",
+             "- medians over each combination's own proven pairs (a combination that proves "
+             "few rests on few); the paired table below compares on the same pairs", "",
+             "| localize | patch | proven | localized (median k) | median s | median agreement "
              "| min agreement | median changed | median L2 |"
              + (" output change / scale: median, max |" if scales else ""),
              "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if scales else "")]
@@ -239,7 +283,9 @@ def markdown(rows: list[dict], combos: list[tuple[str, str]], command: str,
         if not mine:
             continue
         s = combo_summary(mine, scales)
-        lines.append(f"| {loc} | {pat} | {s['proven']}/{s['pairs']} | {s['localized']} | "
+        errors = f" ({s['errors']} errors)" if s["errors"] else ""
+        local = f"{s['localized']}" + (f" ({s['median_k']:.0f})" if s["localized"] else "")
+        lines.append(f"| {loc} | {pat} | {s['proven']}/{s['pairs']}{errors} | {local} | "
                      f"{_fmt(s['median_s'], '.1f')} | {_fmt(s['median_agreement'], '.3%')} | "
                      f"{_fmt(s['min_agreement'], '.3%')} | {_fmt(s['median_changed'], '.0f')} | "
                      f"{_fmt(s['median_l2'], '.4f')} |"
@@ -251,9 +297,10 @@ def markdown(rows: list[dict], combos: list[tuple[str, str]], command: str,
 
 
 def _run(job: tuple) -> dict:
-    bench, out, a, b, prop, budget, loc, pat, recheck = job
+    bench, out, a, b, prop, budget, loc, pat, recheck, commit = job
     folder = out / f"{loc}_{pat}"
     folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     try:
         row = run_pair(bench, folder, a, b, prop, budget, {"localize": loc, "patch": pat},
                        recheck)
@@ -261,10 +308,22 @@ def _run(job: tuple) -> dict:
         logging.getLogger(__name__).exception("%s:%s N%d,%d phi%d", loc, pat, a, b, prop)
         row = {"network": f"N{a},{b}", "property": f"phi{prop}", "preserved": "",
                "status": f"error: {type(exc).__name__}", "proven_by_check": False,
-               "proven_by": "", "seconds": 0.0, "changed_parameters": None,
+               "proven_by": "", "seconds": round(time.perf_counter() - start, 2),
+               "changed_parameters": None,
                "l2_change": None, "linf_change": None, "agreement": None,
                "max_output_change": None, "recheck": ""}
-    return {"localize": loc, "patch": pat, **row}
+    return {"localize": loc, "patch": pat, **row, "budget": budget, "commit": commit}
+
+
+def settings_note(rows: list[dict]) -> str:
+    """A line naming mixed budgets or commits among rows that record them (rows of older
+    runs record neither)."""
+    parts = []
+    for column in ("budget", "commit"):
+        values = sorted({str(r[column]) for r in rows if r.get(column) not in (None, "")})
+        if len(values) > 1:
+            parts.append(f"{column}s {', '.join(values)}")
+    return f"- WARNING: the rows mix {' and '.join(parts)}" if parts else ""
 
 
 def main() -> int:
@@ -305,6 +364,11 @@ def main() -> int:
         (out / "ablation.md").write_text(text)
         print(text)
         return 0
+    if args.rerun and not args.resume:
+        raise SystemExit("--rerun needs --resume (it drops rows of the CSV being resumed)")
+    if (out / "ablation.csv").exists() and not args.resume:
+        raise SystemExit(f"{out / 'ablation.csv'} exists: add --resume to keep its rows, or "
+                         "choose another --out (a fresh run would overwrite it)")
     if not bench.is_dir():
         raise SystemExit(f"benchmarks folder not found: {bench}")
     out.mkdir(parents=True, exist_ok=True)
@@ -313,11 +377,12 @@ def main() -> int:
     rows: list[dict] = read_rows(out / "ablation.csv") if args.resume else []
     if args.rerun:
         rows = drop_rows(rows, Path(args.rerun))
+    rows = [r for r in rows if not is_error(r)]  # an error row runs again
     todo = job_order(combos, pairs, {row_key(r) for r in rows})
-    jobs = [(bench, out, a, b, p, args.budget, loc, pat, not args.no_recheck)
-            for loc, pat, a, b, p in todo]
     command = " ".join(["benchmarks/ablation.py", *sys.argv[1:]])
     commit = _commit()
+    jobs = [(bench, out, a, b, p, args.budget, loc, pat, not args.no_recheck, commit)
+            for loc, pat, a, b, p in todo]
     scales = output_scales(bench, {f"N{a},{b}" for a, b, _ in pairs}
                            | {r["network"] for r in rows})
     with ProcessPoolExecutor(max_workers=max(args.jobs, 1)) as pool:

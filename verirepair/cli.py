@@ -9,6 +9,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -524,12 +525,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     expected = batch.read_expected(args.expected) if args.expected else None
     out = Path(args.output)
     _check_writable(out)
-    for given in (args.instances, args.expected):
-        if given and out.exists() and out.resolve() == Path(given).resolve():
-            raise InputFileError(f"{out}: refusing to overwrite an input CSV")
-    _refuse_overwrite([(f"instance {t.index + 1}'s {kind}", path) for t in tasks
-                       for kind, path in (("model", t.onnx_path),
-                                          ("property", t.vnnlib_path))], [("-o", out)])
+    _refuse_overwrite([("the instances CSV", args.instances),
+                       ("the expected-answers CSV", args.expected)]
+                      + [(f"instance {t.index + 1}'s {kind}", path) for t in tasks
+                         for kind, path in (("model", t.onnx_path),
+                                            ("property", t.vnnlib_path))], [("-o", out)])
     results_dir = Path(args.results_dir) if args.results_dir else None
     names = batch.result_file_names(tasks)
     if expected is not None and not any(batch.expected_answer(expected, t) for t in tasks):
@@ -756,7 +756,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_repair_parser(sub)
     _add_localize_parser(sub)
     _add_batch_parser(sub)
+    for each in (parser, *sub.choices.values()):
+        _accept_negative_numbers(each)
     return parser
+
+
+# argparse takes '-1e-3' (or '-inf') for an option name, so `--domain-lower -1e-3 0`
+# failed with "expected at least one argument"; no option of ours looks like a number
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$",
+                             re.IGNORECASE)
+
+
+def _accept_negative_numbers(parser: argparse.ArgumentParser) -> None:
+    """Let every negative float Python reads, exponents included, be an option value
+    (argparse's own pattern knows only '-1' and '-1.5'; the attribute is how it decides)."""
+    parser._negative_number_matcher = NEGATIVE_NUMBER  # noqa: SLF001
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -359,13 +359,20 @@ def test_no_output_may_overwrite_an_input(tmp_path: Path, capsys) -> None:
     before = (sha(model), sha(prop))
     csv_file = tmp_path / "instances.csv"
     csv_file.write_text(f"{model},{prop},10\n")
+    expected = tmp_path / "expected.csv"
+    expected.write_text(f"{model},{prop},holds\n")
+    csvs = (sha(csv_file), sha(expected))
     for args, flag in [(("check", model, prop, "--result-file", prop), "--result-file"),
                        (("localize", model, prop, "--json", model), "--json"),
-                       (("batch", csv_file, "-o", model, "--quiet"), "-o")]:
+                       (("batch", csv_file, "-o", model, "--quiet"), "-o"),
+                       (("batch", csv_file, "-o", csv_file, "--quiet"), "-o"),
+                       (("batch", csv_file, "--expected", expected, "-o", expected,
+                         "--quiet"), "-o")]:
         code, err = main_in_process(capsys, *args)
         assert code == EXIT_BAD_INPUT and err.count("\n") == 1, err
         assert f"{flag} would overwrite" in err
     assert (sha(model), sha(prop)) == before
+    assert (sha(csv_file), sha(expected)) == csvs
 
 
 def test_names_too_long_are_one_line(tmp_path: Path, capsys) -> None:
@@ -397,3 +404,17 @@ def test_sizes_and_domains_that_cannot_work_are_refused_up_front(tmp_path: Path,
     code, err = main_in_process(capsys, *filled)
     assert code == EXIT_BAD_INPUT and words in err.splitlines()[-1], err
     assert not (tmp_path / "r.onnx").exists()
+
+
+def test_negative_numbers_with_exponents_are_option_values() -> None:
+    # argparse alone reads '-1e-3' as an option name: "expected at least one argument"
+    from verirepair.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["repair", "m.onnx", "p.vnnlib", "-o", "f.onnx", "--domain-lower", "-1e-3",
+         "-2E+1", "-.5", "-3", "--domain-upper", "1", "2", "3", "4"])
+    assert args.domain_lower == [-1e-3, -20.0, -0.5, -3.0]
+    assert args.domain_upper == [1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(SystemExit):  # an unknown option is still an error
+        build_parser().parse_args(["repair", "m.onnx", "p.vnnlib", "-o", "f.onnx",
+                                   "--domain-lower", "-x"])

@@ -195,7 +195,12 @@ def test_batched_bounds_equal_single_box_bounds(data) -> None:
     together = run(bxs)
     for i, box in enumerate(bxs):
         for a, b in zip(run([box]), together):
-            torch.testing.assert_close(a[0], b[i], rtol=1e-12, atol=1e-12)
+            # a batch may sum in another order (BLAS picks kernels by shape): equal up to
+            # rounding of the terms' size (1.5e-11 on a bound of 7.4 with weights of 40
+            # was seen), where a batching bug differs by whole units
+            finite = b[torch.isfinite(b)].abs()
+            scale = 1.0 + (float(finite.max()) if finite.numel() else 0.0)
+            torch.testing.assert_close(a[0], b[i], rtol=1e-9, atol=1e-9 * scale)
 
 
 def _optional(name: str):

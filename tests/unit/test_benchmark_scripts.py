@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -45,13 +46,15 @@ def _row(loc: str, pat: str, proven: bool, seconds: float, agreement: float | No
 
 
 def test_ablation_summary_counts_and_medians() -> None:
-    rows = [_row("none", "qp", True, 2.0, 0.999), _row("none", "qp", True, 4.0, 0.997),
-            _row("none", "qp", False, 100.0, None), _row("causal", "pso", False, 9.0, 0.9)]
+    rows = [_pair_row("none", "qp", "N2,1", True, 2.0, 0.999),
+            _pair_row("none", "qp", "N2,2", True, 4.0, 0.997),
+            _pair_row("none", "qp", "N2,3", False, 100.0, None)]
+    rows += [_pair_row("causal", "pso", net, False, 9.0, 0.9) for net in ("N2,1", "N2,2")]
     s = ablation.combo_summary([r for r in rows if r["patch"] == "qp"])
     assert (s["proven"], s["pairs"], s["median_s"]) == (2, 3, 4.0)
     assert s["median_agreement"] == pytest.approx(0.998) and s["min_agreement"] == 0.997
     table = ablation.markdown(rows, [("none", "qp"), ("causal", "pso"), ("shap", "qp")], "x")
-    assert "| none | qp | 2/3 |" in table and "| causal | pso | 0/1 |" in table
+    assert "| none | qp | 2/2 |" in table and "| causal | pso | 0/2 |" in table  # N2,3 out
     assert "| shap |" not in table  # combinations without rows are left out
 
 
@@ -152,3 +155,56 @@ def test_ablation_rows_round_trip_through_the_csv(tmp_path: Path) -> None:
     assert ablation.read_rows(tmp_path / "ablation.csv") == [row, failed]
     assert ablation.read_rows(tmp_path / "missing.csv") == []
     assert not (tmp_path / "ablation.csv.partial").exists()
+
+
+def test_rerun_lines_that_are_not_keys_are_refused(tmp_path: Path) -> None:
+    rows = [_pair_row("none", "qp", "N2,1", True, 2.0, 0.999)]
+    listed = tmp_path / "keys.txt"
+    listed.write_text("none\tqp\tN2,1\tphi2 10.3\n")  # a ratio left on the line
+    with pytest.raises(SystemExit, match="keys.txt:1"):
+        ablation.drop_rows(rows, listed)
+
+
+def test_a_repeated_row_is_refused_not_counted_twice() -> None:
+    row = _pair_row("none", "qp", "N2,1", True, 2.0, 0.999)
+    with pytest.raises(SystemExit, match="two rows for none qp N2,1 phi2"):
+        ablation.markdown([row, dict(row)], [("none", "qp")], "x")
+    args = argparse.Namespace(combos="none:qp,none:qp,shap:qp", localizers="", patchers="")
+    assert ablation.combinations(args) == [("none", "qp"), ("shap", "qp")]
+
+
+def test_rows_of_a_grid_no_pair_completes_are_not_reported_as_complete() -> None:
+    rows = [_pair_row("none", "qp", "N2,1", True, 2.0, 0.999),  # causal:pso only on N2,2
+            _pair_row("causal", "pso", "N2,2", False, 9.0, None)]
+    table = ablation.markdown(rows, [("none", "qp"), ("causal", "pso")], "x")
+    assert "(the tables use only these): 0" in table and "| none | qp |" not in table
+
+
+def test_localized_rows_report_their_median_set_size_and_errors_are_counted() -> None:
+    rows = [{**_pair_row("shap", "qp", f"N2,{i}", True, 2.0, 0.999), "free_set": free}
+            for i, free in enumerate(["top 5 neurons", "top 20 neurons",
+                                      "all last-layer parameters", "top 40 neurons"], 1)]
+    rows.append({**_pair_row("shap", "qp", "N2,5", False, 7.0, None), "status": "error: X"})
+    s = ablation.combo_summary(rows)
+    assert (s["localized"], s["median_k"], s["errors"]) == (3, 20, 1)
+    assert "| shap | qp | 4/5 (1 errors) | 3 (20) |" in ablation.markdown(
+        rows, [("shap", "qp")], "x")
+
+
+def test_mixed_budgets_or_commits_are_flagged() -> None:
+    rows = [{**_pair_row("none", "qp", f"N2,{i}", True, 2.0, 0.999), "budget": budget,
+             "commit": "abc"} for i, budget in ((1, 120.0), (2, 300.0))]
+    assert "WARNING: the rows mix budgets 120.0, 300.0" in ablation.markdown(
+        rows, [("none", "qp")], "x")
+    assert "WARNING" not in ablation.markdown(rows[:1], [("none", "qp")], "x")
+
+
+def test_a_fresh_run_never_overwrites_an_existing_csv(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "ablation.csv").write_text("localize,patch\n")
+    for extra in ([], ["--rerun", str(tmp_path / "keys.txt")]):
+        monkeypatch.setattr(sys, "argv", ["ablation.py", "--combos", "none:qp",
+                                          "--benchmarks", str(tmp_path / "absent"),
+                                          "--out", str(tmp_path), *extra])
+        with pytest.raises(SystemExit, match="--resume"):
+            ablation.main()
+    assert (tmp_path / "ablation.csv").read_text() == "localize,patch\n"
